@@ -1,0 +1,48 @@
+# vpd-replication: the paper's stages as one DAG. Every rule is a thin call of `python -m vpd <stage>`;
+# stages communicate only through files under results/<config name>/.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.json")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from vpd.config import ConfigError, parse_config  # noqa: E402
+from vpd.utils.io import write_yaml, read_yaml  # noqa: E402
+
+try:
+    parse_config(config, "snakemake config")  # typed checks across sections (e.g. vocab sizes)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+RESULTS = f"results/{config['name']}"
+SRC = str(Path(workflow.basedir) / "src")
+# The merged config (config files + --config overrides) that every stage reads. Rewritten only when
+# it changes, so its mtime never triggers reruns; per-section `params` do that instead.
+RESOLVED_CONFIG = f"{RESULTS}/config.yaml"
+if not Path(RESOLVED_CONFIG).exists() or read_yaml(RESOLVED_CONFIG) != dict(config):
+    write_yaml(RESOLVED_CONFIG, dict(config))
+# Under --use-conda the env's `python` runs the package from src/; otherwise this interpreter does.
+_use_conda = "conda" in str(workflow.deployment_settings.deployment_method).lower()
+PYTHON = "python" if _use_conda else sys.executable
+VPD = f"PYTHONPATH={SRC}:${{PYTHONPATH:-}} {PYTHON} -m vpd"
+CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/target.smk"
+include: "workflow/rules/decompose.smk"
+
+
+rule all:
+    input:
+        rules.train_target.output,
+        rules.decompose.output,
+    default_target: True

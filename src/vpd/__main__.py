@@ -1,0 +1,3 @@
+from vpd.cli import main
+
+raise SystemExit(main())

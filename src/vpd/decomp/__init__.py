@@ -1,0 +1,1 @@
+"""VPD engine: rank-one components, causal importance, stochastic and adversarial ablation."""

@@ -1,0 +1,1 @@
+"""The target: a small LLaMA-style language model (`model.py`) and its training stage (`train.py`)."""

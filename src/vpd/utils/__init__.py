@@ -1,0 +1,1 @@
+"""Shared helpers: atomic file output, checkpoints, seeding, threads and precision."""

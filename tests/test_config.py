@@ -1,0 +1,94 @@
+"""Config validation: every shipped config is valid, bad keys and types fail naming the key."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vpd.config import ConfigError, json_schema, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["config.yaml", "ci.yaml", "paper.yaml"]
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(ROOT / "config" / name)
+    assert cfg.target.model.vocab_size == cfg.tokenizer.vocab_size
+
+
+def test_schema_file_is_generated_from_the_models():
+    on_disk = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())
+    assert on_disk == json_schema(), "run `python -m vpd schema > workflow/schemas/config.schema.json`"
+
+
+def test_unknown_key_is_named():
+    data = _load("ci.yaml")
+    data["target"]["train"]["stepz"] = 3
+    with pytest.raises(ConfigError, match=r"target\.train\.stepz"):
+        parse_config(data)
+
+
+def test_wrong_type_is_named():
+    data = _load("ci.yaml")
+    data["target"]["model"]["d_model"] = "wide"
+    with pytest.raises(ConfigError, match=r"target\.model\.d_model"):
+        parse_config(data)
+
+
+def test_vocab_mismatch_between_sections():
+    data = _load("ci.yaml")
+    data["tokenizer"]["vocab_size"] = data["target"]["model"]["vocab_size"] + 1
+    with pytest.raises(ConfigError, match="vocab_size"):
+        parse_config(data)
+
+
+def test_unpinned_package_source_rejected():
+    data = _load("ci.yaml")
+    src = copy.deepcopy(data["corpus"]["sources"][0])
+    src.pop("sha256")
+    data["corpus"]["sources"] = [src]
+    with pytest.raises(ConfigError, match="sha256"):
+        parse_config(data)
+
+
+def test_heads_must_split_width():
+    data = _load("ci.yaml")
+    data["target"]["model"]["n_head"] = 3
+    with pytest.raises(ConfigError, match="heads"):
+        parse_config(data)
+
+
+def _snakemake(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_snakemake_rejects_bad_key_when_building_the_dag(tmp_path):
+    data = _load("ci.yaml")
+    data["name"] = "bad-key-test"
+    data["decompose"]["stepz"] = 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    res = _snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
+    assert res.returncode != 0
+    assert "stepz" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_dry_run_builds_full_dag(name, tmp_path):
+    res = _snakemake("-n", "--configfile", str(ROOT / "config" / name), "--directory", str(tmp_path),
+                     "--snakefile", str(ROOT / "Snakefile"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rule in ["corpus", "tokenizer", "train_target", "decompose"]:
+        assert rule in res.stdout

@@ -1,0 +1,51 @@
+# Stage 1-2: real text corpus (pinned, sha256-verified sources) and the byte-level BPE tokenizer.
+
+
+rule corpus:
+    output:
+        train=f"{RESULTS}/corpus/train.jsonl",
+        val=f"{RESULTS}/corpus/val.jsonl",
+        manifest=f"{RESULTS}/corpus/manifest.json",
+        stats=f"{RESULTS}/corpus/stats.json",
+    params:
+        section=config["corpus"],
+        seed=config["seed"],
+        out=f"{RESULTS}/corpus",
+    log:
+        f"{RESULTS}/logs/corpus.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/corpus.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "{VPD} corpus {CONFIG_ARG} --out {params.out} 2>&1 | tee {log}"
+
+
+rule tokenizer:
+    input:
+        rules.corpus.output,
+    output:
+        tokenizer=f"{RESULTS}/tokenizer/tokenizer.json",
+        train=f"{RESULTS}/tokenizer/train.bin",
+        val=f"{RESULTS}/tokenizer/val.bin",
+        meta=f"{RESULTS}/tokenizer/meta.json",
+    params:
+        section=config["tokenizer"],
+        corpus=f"{RESULTS}/corpus",
+        out=f"{RESULTS}/tokenizer",
+    log:
+        f"{RESULTS}/logs/tokenizer.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tokenizer.tsv"
+    conda:
+        "../../environment.yml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "{VPD} tokenizer {CONFIG_ARG} --corpus {params.corpus} --out {params.out} 2>&1 | tee {log}"

@@ -1,0 +1,32 @@
+# Stage 3: train the LLaMA-style target LM and log the validation curve that
+# "pretraining compute recovered" reads. Checkpoints live in target/checkpoints/ (not a declared
+# output), so a killed run resumes when the rule is run again.
+
+
+rule train_target:
+    input:
+        rules.tokenizer.output,
+    output:
+        model=f"{RESULTS}/target/model.safetensors",
+        config=f"{RESULTS}/target/config.json",
+        tokenizer=f"{RESULTS}/target/tokenizer.json",
+        curve=f"{RESULTS}/target/curve.csv",
+        figure=f"{RESULTS}/target/fig_target_curve.png",
+    params:
+        section=config["target"],
+        seed=config["seed"],
+        precision=config.get("precision", "auto"),
+        tokens=f"{RESULTS}/tokenizer",
+        out=f"{RESULTS}/target",
+    log:
+        f"{RESULTS}/logs/train_target.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_target.tsv"
+    conda:
+        "../../environment.yml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "{VPD} train_target {CONFIG_ARG} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"
