@@ -152,3 +152,31 @@ def test_load_with_mismatched_config_errors(tmp_path):
 def test_missing_files_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json does not exist"):
         TargetLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_matches_unfused(dtype, monkeypatch):
+    """forward(idx, targets) equals cross_entropy(forward(idx)) in value and in every gradient."""
+    import vpd.target.loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "CHUNK_BYTES", 7 * 4 * 300)  # 7 rows per chunk: several chunks + a remainder
+    idx, targets = torch.randint(0, 300, (3, 16)), torch.randint(0, 300, (3, 16))
+    grads, losses = [], []
+    for fused in (True, False):
+        model = tiny(seed=1)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            if fused:
+                loss = model(idx, targets=targets)
+            else:
+                loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    # Relative gradient error: fp32 rounding only; bf16 rounds the logit gradient once more (~2e-3 seen).
+    loss_tol, grad_tol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-3, 1e-2)
+    assert losses[0] == pytest.approx(losses[1], abs=loss_tol)
+    for name in grads[0]:
+        a, b = grads[0][name], grads[1][name]
+        assert (a - b).norm() <= grad_tol * b.norm(), name
+    with torch.no_grad():  # the no-grad path (evaluation) gives the same value
+        assert tiny(seed=1)(idx, targets=targets).item() == pytest.approx(losses[1], abs=loss_tol)

@@ -10,6 +10,7 @@ output with forward hooks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from vpd.config import TargetModelConfig
+from vpd.target.loss import unembed_cross_entropy
 from vpd.utils.io import atomic_path, write_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -74,18 +76,32 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        # On CPU, RoPE and attention run in fp32 even under bf16 autocast: the CPU bf16
+        # flash-attention backward is ~5x slower than fp32's, and attention is < 10% of the FLOPs.
+        fp32_attention = x.device.type == "cpu"
+        if fp32_attention:
+            q, k, v = q.float(), k.float(), v.float()
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        with torch.autocast(x.device.type, enabled=False) if fp32_attention else contextlib.nullcontext():
+            y, att = self._attend(q, k, v, need_weights)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.o_proj(y), att
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Causal attention of q, k, v [B, H, T, hd] -> [B, H, T, hd] (+ probabilities [B, H, T, T])."""
+        T = q.shape[-2]
         if need_weights:
             # Explicit softmax(QK^T / sqrt(hd)) for analysis; numerically the same as SDPA.
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # [B, H, T, T]
-            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
             att = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1)  # [B, H, T, T]
             y = att.to(v.dtype) @ v  # [B, H, T, hd]
         else:
             att = None
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, hd]
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.o_proj(y), att
+        return y, att
 
 
 class MLP(nn.Module):
@@ -158,9 +174,15 @@ class TargetLM(nn.Module):
         """Tied unembedding in fp32: [B, T, C] -> logits [B, T, V]."""
         return F.linear(h, self.wte.weight).float()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx [B, T] (int64) -> logits [B, T, V] (fp32)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """idx [B, T] (int64) -> logits [B, T, V] (fp32).
+
+        With `targets` [B, T], return the mean next-token cross-entropy (fp32 scalar) instead,
+        computed without materialising the logits (see `vpd.target.loss`); training uses this.
+        """
         h, _ = self._trunk(idx, need_weights=False)
+        if targets is not None:
+            return unembed_cross_entropy(h, self.wte.weight, targets)
         return self.unembed(h)
 
     @torch.no_grad()

@@ -1,0 +1,270 @@
+"""The target's training loop: AdamW, warm-up + cosine, validation curve, resumable checkpoints.
+
+Step numbering: "step k" is the k-th optimiser update. The metrics record for step k holds that
+update's learning rate, training loss and gradient norm; `val_ce` at step k (and the curve row)
+is measured on the weights after k updates, so the curve starts at step 0 (initial weights).
+
+Determinism: the weights, the optimiser moments, every RNG and the data generator are saved in
+each checkpoint, and the validation windows are fixed, so a run resumed from a checkpoint ends
+with bitwise the same weights, `curve.csv` and `metrics.jsonl` (timing fields aside) as one that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from vpd.config import TargetModelConfig, TargetTrainConfig
+from vpd.data.tokens import TokenShard
+from vpd.target.model import TargetLM
+from vpd.utils import checkpoint as ckpt
+from vpd.utils.io import MetricsLog, write_text
+from vpd.utils.runtime import autocast, log, seed_everything
+
+CURVE_COLUMNS = ("step", "tokens", "flops", "val_ce")
+# Config keys that may change between a checkpoint and its resumption without changing results.
+RESUME_FREE_KEYS = ("checkpoint_every",)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss, the gradient norm or the weights became NaN/inf."""
+
+
+# ---------------------------------------------------------------- pieces, each testable alone
+def lr_at(step: int, tcfg: TargetTrainConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warm-up, then cosine to lr * min_lr_frac."""
+    if step < tcfg.warmup_steps:
+        return tcfg.lr * (step + 1) / tcfg.warmup_steps
+    progress = (step - tcfg.warmup_steps) / max(1, tcfg.steps - tcfg.warmup_steps)  # [0, 1)
+    floor = tcfg.lr * tcfg.min_lr_frac
+    return floor + (tcfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: nn.Module, tcfg: TargetTrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on every matrix (the 24 block matrices and the tied embedding, as in
+    GPT-2/nanoGPT), none on the RMSNorm gains, which set scales rather than store features."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": tcfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # foreach: one multi-tensor kernel per op instead of a Python loop over ~30 parameters.
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas), foreach=True)
+
+
+def lm_loss(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Mean next-token cross-entropy (fp32) of windows batch [B, T+1]; matmuls in `dtype`."""
+    batch = batch.to(device, non_blocking=True)
+    x, y = batch[:, :-1], batch[:, 1:]  # [B, T] each
+    with autocast(device, dtype):
+        return model(x, targets=y)  # fused unembedding + CE, fp32
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> float:
+    """Mean CE over every predicted token of the fixed windows [N, T+1]."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        n = chunk.shape[0] * (chunk.shape[1] - 1)
+        total += lm_loss(model, chunk, device, dtype).item() * n
+        count += n
+    model.train(was_training)
+    return total / count
+
+
+def format_curve(rows: list[dict]) -> str:
+    """curve.csv text; floats as repr so a resumed run's file is byte-identical."""
+    lines = [",".join(CURVE_COLUMNS)]
+    lines += [",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in CURVE_COLUMNS) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def is_eval_step(step: int, tcfg: TargetTrainConfig) -> bool:
+    """The curve has a point at step 0, every `eval_every` steps, and at the final step."""
+    return step % tcfg.eval_every == 0 or step == tcfg.steps
+
+
+def curve_steps(tcfg: TargetTrainConfig) -> list[int]:
+    return [s for s in range(tcfg.steps + 1) if is_eval_step(s, tcfg)]
+
+
+# ---------------------------------------------------------------- distributed (single process now)
+def setup_distributed(tcfg: TargetTrainConfig) -> tuple[int, int]:
+    """(rank, world_size). Multi-process training would initialise torch.distributed here."""
+    if tcfg.world_size > 1:
+        raise NotImplementedError(
+            f"target.train.world_size = {tcfg.world_size}: multi-process target training is not "
+            "implemented yet; set target.train.world_size: 1"
+        )
+    return 0, 1
+
+
+def wrap_model(model: nn.Module, world_size: int) -> nn.Module:
+    """The one place where DistributedDataParallel would wrap the model (world_size > 1).
+
+    With DDP: each rank draws batch_size // world_size windows from a generator seeded with
+    (seed, rank), gradients are averaged by DDP, and only rank 0 evaluates and writes files.
+    """
+    return model
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    model: TargetLM
+    curve: list[dict] = field(default_factory=list)
+    finished: bool = True
+
+
+def _resume_signature(mcfg: TargetModelConfig, tcfg: TargetTrainConfig, seed: int, precision: str) -> dict:
+    train = tcfg.model_dump(mode="json")
+    for key in RESUME_FREE_KEYS:
+        train.pop(key)
+    return {"model": mcfg.model_dump(mode="json"), "train": train, "seed": seed, "precision": precision}
+
+
+def train_target(
+    mcfg: TargetModelConfig,
+    tcfg: TargetTrainConfig,
+    train_bin: Path,
+    val_bin: Path,
+    out_dir: Path,
+    *,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) the target; writes checkpoints/, metrics.jsonl and curve.csv in out_dir.
+
+    `stop_after` ends the loop after that many updates without finishing, exactly as if the
+    process had been killed there (used by the resume tests).
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    curve_path = out_dir / "curve.csv"
+    rank, world_size = setup_distributed(tcfg)
+    signature = _resume_signature(mcfg, tcfg, seed, str(dtype).removeprefix("torch."))
+
+    seed_everything(seed)
+    model = TargetLM(mcfg).to(device)
+    opt = build_optimizer(model, tcfg)
+    ddp_model = wrap_model(model, world_size)
+    train_shard = TokenShard(train_bin, mcfg.context)
+    val_windows = TokenShard(val_bin, mcfg.context).eval_windows(tcfg.eval_sequences)  # [N, T+1]
+    data_gen = torch.Generator().manual_seed(seed)  # the training data order
+    tokens_per_step = tcfg.batch_size * mcfg.context
+    flops_per_token = model.flops_per_token(mcfg.context)
+
+    # ------------------------------------------------------------ resume
+    step, curve = 0, []
+    state = ckpt.load_latest(ckpt_dir)
+    if state is not None:
+        tensors, meta = state
+        if meta.get("signature") != signature:
+            raise ckpt.CheckpointError(
+                f"checkpoint step {meta['step']} under {ckpt_dir} was written with a different target "
+                f"config/seed/precision ({meta.get('signature')} != {signature}); delete {ckpt_dir} to start over"
+            )
+        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        ckpt.optimizer_state_from_flat(opt, tensors, meta["optimizer"], "opt")
+        ckpt.set_rng_state(tensors, meta["rng"])
+        data_gen.set_state(tensors["rng.data"])
+        step, curve = meta["step"], meta["curve"]
+        metrics.truncate_after(step)
+        write_text(curve_path, format_curve(curve))
+        log.info("resumed target training from %s at step %d", ckpt_dir, step)
+    elif metrics.path.exists():
+        metrics.path.unlink()  # a run that died before its first checkpoint: start the log over
+
+    def save_checkpoint() -> None:
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise TrainingDivergedError(f"weights became non-finite by step {step}; no checkpoint written")
+        opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(opt, "opt")
+        rng_tensors, rng_meta = ckpt.rng_state()
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors)
+        tensors["rng.data"] = data_gen.get_state()
+        meta = {"signature": signature, "optimizer": opt_meta, "rng": rng_meta, "curve": curve}
+        ckpt.save(ckpt_dir, step, tensors, meta)
+
+    def eval_point() -> float:
+        val_ce = evaluate(model, val_windows, tcfg.batch_size, device, dtype)
+        tokens = step * tokens_per_step
+        curve.append({"step": step, "tokens": tokens, "flops": tokens * flops_per_token, "val_ce": val_ce})
+        write_text(curve_path, format_curve(curve))
+        return val_ce
+
+    if step == 0:
+        metrics.log({"step": 0, "tokens": 0, "val_ce": eval_point()})
+
+    # ------------------------------------------------------------ train
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    bar = tqdm(total=tcfg.steps, initial=step, desc="target", unit="step", dynamic_ncols=True, disable=rank != 0)
+    try:
+        while step < tcfg.steps:
+            if stop_after is not None and step >= stop_after:
+                return TrainResult(model, curve, finished=False)
+            t0 = time.perf_counter()
+            lr = lr_at(step, tcfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = train_shard.sample_batch(tcfg.batch_size, data_gen)  # [B, T+1]
+            loss = lm_loss(ddp_model, batch, device, dtype)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"training loss is {loss.item()} at step {step + 1}; last good checkpoint: "
+                    f"{_latest_name(ckpt_dir)}. Lower target.train.lr or raise warmup_steps, then rerun"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                raise TrainingDivergedError(
+                    f"gradient norm is {grad_norm.item()} at step {step + 1}; last good checkpoint: "
+                    f"{_latest_name(ckpt_dir)}"
+                )
+            opt.step()
+            step += 1
+            elapsed = time.perf_counter() - t0
+            record = {
+                "step": step,
+                "tokens": step * tokens_per_step,
+                "lr": lr,
+                "loss": loss.item(),
+                "grad_norm": grad_norm.item(),
+                "tokens_per_s": tokens_per_step / elapsed,
+            }
+            if is_eval_step(step, tcfg):
+                record["val_ce"] = eval_point()
+                bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record['val_ce']:.3f}", refresh=False)
+            elif step % 10 == 0:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
+            metrics.log(record)
+            if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
+                save_checkpoint()
+            bar.update(1)
+    finally:
+        bar.close()
+    return TrainResult(model, curve, finished=True)
+
+
+def _latest_name(ckpt_dir: Path) -> str:
+    found = ckpt.list_checkpoints(ckpt_dir)
+    return str(found[-1]) if found else "none (the run restarts from step 0)"
