@@ -1,0 +1,108 @@
+"""Masks from causal importances: stochastic sampling with k-subset routing, and source masks.
+
+A mask interpolates between the CI g and 1 with a source r in [0, 1]: m = g + (1 - g) r; the Δ
+channel takes m_Δ = r_Δ directly (its CI is 0). Routing decides per position which matrices use
+components at all; an unrouted matrix uses its original W, which the masked forward reproduces
+exactly with m = 1 and m_Δ = 1 (components.py), so routing is folded into the masks here.
+
+For speed, the trainer keeps all matrices' CIs and masks in one flat tensor [..., ΣC] (one
+elementwise op per step instead of one per matrix); `FlatLayout` maps it to per-matrix views.
+The Δ masks of all matrices form one tensor [..., L].
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+
+class FlatLayout:
+    """Order and sizes of the matrices inside a flat [..., ΣC] tensor."""
+
+    def __init__(self, names: Sequence[str], C: Sequence[int]):
+        self.names = list(names)
+        self.C = [int(c) for c in C]
+        self.total = sum(self.C)
+        self.L = len(self.names)
+        # channel -> index of its matrix, for expanding per-matrix routing to channels
+        self.chan_to_mat = torch.repeat_interleave(torch.arange(self.L), torch.tensor(self.C))
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, torch.Tensor]) -> "FlatLayout":
+        return cls(list(tensors), [t.shape[-1] for t in tensors.values()])
+
+    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[..., ΣC] -> {name: [..., C]} (views)."""
+        return dict(zip(self.names, flat.split(self.C, dim=-1)))
+
+    def split_delta(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[..., L] -> {name: [...]} (views)."""
+        return {n: flat[..., i] for i, n in enumerate(self.names)}
+
+    def cat(self, per: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([per[n] for n in self.names], dim=-1)
+
+
+def uniform_k_subset_routing(
+    names: list[str], lead_shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per position: k ~ U{1..L}, then a uniformly random k-subset of the L matrices.
+
+    Returns name -> bool [*lead_shape] (True = routed through components). Every position has
+    between 1 and L routed matrices and the count is uniform on 1..L.
+    """
+    routed = _routing(len(names), lead_shape, generator, device)
+    return {n: routed[..., i] for i, n in enumerate(names)}
+
+
+def _routing(L: int, lead_shape: tuple[int, ...], generator, device) -> torch.Tensor:
+    """bool [*lead, L] with exactly k ~ U{1..L} True per position, on a uniform random subset."""
+    k = torch.randint(1, L + 1, (*lead_shape, 1), generator=generator, device=device)  # [..., 1]
+    noise = torch.rand((*lead_shape, L), generator=generator, device=device)  # [..., L]
+    ranks = noise.argsort(dim=-1).argsort(dim=-1)  # a uniform random permutation per position
+    return ranks < k
+
+
+def stochastic_masks_flat(
+    g: torch.Tensor, layout: FlatLayout, generator: Optional[torch.Generator], routing: str = "uniform_k_subset"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample of the stochastic masks from the flat CI g [..., ΣC].
+
+    r ~ U(0,1) per (position, channel) and per (position, matrix) for Δ. Returns (m [..., ΣC],
+    m_Δ [..., L]); with routing, unrouted (position, matrix) pairs get m = 1 and m_Δ = 1.
+    """
+    lead = tuple(g.shape[:-1])
+    r = torch.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)
+    dm = torch.rand((*lead, layout.L), generator=generator, device=g.device, dtype=torch.float32)
+    if routing == "all":
+        return g + (1 - g) * r, dm
+    if routing != "uniform_k_subset":
+        raise ValueError(f"routing must be 'uniform_k_subset' or 'all', got {routing!r}")
+    routed = _routing(layout.L, lead, generator, g.device)  # [..., L]
+    # 1 - (1-g)(1-r) on routed channels, exactly 1 elsewhere: one fused expression
+    keep = routed[..., layout.chan_to_mat.to(g.device)].to(g.dtype)  # [..., ΣC]
+    m = 1 - (1 - g) * (1 - r) * keep
+    dm = torch.where(routed, dm, torch.ones_like(dm))
+    return m, dm
+
+
+def source_masks_flat(g: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks from flat sources [..., ΣC + L] (components first, then one Δ channel per matrix)."""
+    n = g.shape[-1]
+    m = g + (1 - g) * sources[..., :n]
+    dm = sources[..., n:].expand(*g.shape[:-1], sources.shape[-1] - n)
+    return m, dm
+
+
+def stochastic_masks(
+    ci: Mapping[str, torch.Tensor], generator: Optional[torch.Generator], routing: str = "uniform_k_subset"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-matrix version of `stochastic_masks_flat`: ci name -> g [..., C]; returns (masks, Δ masks)."""
+    layout = FlatLayout.of(ci)
+    m, dm = stochastic_masks_flat(layout.cat(ci), layout, generator, routing)
+    return layout.split(m), layout.split_delta(dm)
+
+
+def constant_masks(ci: Mapping[str, torch.Tensor], value: float) -> dict[str, torch.Tensor]:
+    return {n: torch.full_like(g, value) for n, g in ci.items()}

@@ -1,0 +1,72 @@
+"""Short periodic evaluation during training, on one fixed batch.
+
+Reports L0 (CI > 0 per position, per matrix and total), alive counts (mean CI over the batch's
+positions > alive_threshold), output-loss (KL or MSE) and, for LMs, next-token CE for: unmasked
+(all masks 1), stochastic, rounded CI > 0 — each with Δ excluded, as in the paper's tables —
+plus the stochastic variant that samples the Δ mask as in training (`stochastic_delta`) and the
+PGD eval attack (`pgd`, Δ included). All randomness comes from the generator passed in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from vpd.decomp.adversary import pgd_attack
+from vpd.decomp.losses import next_token_ce, output_loss, output_loss_fn
+from vpd.decomp.masks import constant_masks, stochastic_masks
+
+if TYPE_CHECKING:
+    from vpd.decomp.api import Decomposition
+
+
+def l0_per_matrix(ci: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean over positions of the number of subcomponents with CI > 0."""
+    return {n: float((g > 0).sum(-1).float().mean()) for n, g in ci.items()}
+
+
+def alive_per_matrix(ci: dict[str, torch.Tensor], threshold: float) -> dict[str, int]:
+    return {n: int((g.reshape(-1, g.shape[-1]).mean(0) > threshold).sum()) for n, g in ci.items()}
+
+
+def quick_eval(dec: "Decomposition", batch, generator: torch.Generator) -> dict[str, float]:
+    cfg = dec.config
+    is_lm = cfg.output_loss == "kl" and torch.is_tensor(batch) and batch.ndim == 2 and not batch.is_floating_point()
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        clean, inputs = dec.matrix_inputs(batch)
+        ci, _ = dec.ci_from_inputs(inputs)
+        l0 = l0_per_matrix(ci)
+        alive = alive_per_matrix(ci, cfg.alive_threshold)
+        out["eval/l0_total"] = sum(l0.values())
+        out["eval/alive_total"] = sum(alive.values())
+        for n in dec.names:
+            out[f"eval/l0/{n}"] = l0[n]
+            out[f"eval/alive/{n}"] = alive[n]
+        if is_lm:
+            out["eval/ce/target"] = float(next_token_ce(clean, batch.to(clean.device)))
+        stoch, stoch_delta = stochastic_masks(ci, generator, routing="all")
+        strategies = {
+            "unmasked": (constant_masks(ci, 1.0), None),
+            "stochastic": (stoch, None),
+            "rounded": ({n: (g > 0).float() for n, g in ci.items()}, None),
+            "stochastic_delta": (stoch, stoch_delta),
+        }
+        key = "kl" if cfg.output_loss == "kl" else "mse"
+        for name, (masks, dmasks) in strategies.items():
+            pred = dec.masked_forward(batch, masks, dmasks)
+            out[f"eval/{key}/{name}"] = float(output_loss(cfg.output_loss, pred, clean))
+            if is_lm:
+                out[f"eval/ce/{name}"] = float(next_token_ce(pred, batch.to(pred.device)))
+    if cfg.pgd.eval_steps > 0:
+        loss_vs_clean = output_loss_fn(cfg.output_loss, clean)
+
+        def loss_fn(masks, dmasks):
+            return loss_vs_clean(dec.masked_forward_flat(batch, masks, dmasks, detach_components=True))
+
+        flat_ci = dec.layout.cat(ci)  # [..., ΣC]
+        out[f"eval/{key}/pgd{cfg.pgd.eval_steps}"] = pgd_attack(
+            loss_fn, flat_ci, dec.layout.L, cfg.pgd.eval_steps, cfg.pgd.eval_step_size, generator
+        )
+    return out

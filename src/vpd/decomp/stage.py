@@ -1,0 +1,59 @@
+"""The `decompose` stage: target + token shard -> decomposition artifacts under out_dir.
+
+Writes components.safetensors, ci_fn.safetensors, decomposition.json, final_config.yaml,
+metrics.jsonl, fig_losses.{png,pdf}, fig_l0.{png,pdf}; checkpoints in out_dir/checkpoints/
+(a rerun resumes from the newest valid one).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vpd.config import ProjectConfig
+from vpd.data.tokens import TokenShard
+from vpd.decomp.api import decompose
+from vpd.utils.io import write_yaml
+from vpd.utils.runtime import configure_threads, default_device, resolve_precision, seed_everything
+
+log = logging.getLogger("vpd")
+
+
+def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_dir: Path) -> None:
+    from vpd.plots import save_figure
+    from vpd.plots.decomp import plot_l0, plot_losses
+    from vpd.target.model import TargetLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configure_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    device = default_device()
+    dtype = resolve_precision(cfg.precision, device)
+    dcfg = cfg.decompose
+    target = TargetLM.from_pretrained(target_dir, map_location=device)
+    seq_len = dcfg.seq_len or target.cfg.context
+    if seq_len > target.cfg.context:
+        raise ValueError(f"decompose.seq_len {seq_len} exceeds the target's context {target.cfg.context}")
+    train = TokenShard(Path(tokens_dir) / "train.bin", seq_len)
+    val_path = Path(tokens_dir) / "val.bin"
+    eval_shard = TokenShard(val_path, seq_len) if val_path.exists() else train
+    eval_batch = eval_shard.eval_windows(dcfg.eval_batch_size or dcfg.batch_size)[:, :seq_len]
+
+    def batches(gen: torch.Generator) -> torch.Tensor:
+        return train.sample_batch(dcfg.batch_size, gen)[:, :seq_len]  # [B, T]
+
+    log.info("decomposing %s (%s) into %s", target_dir, dtype, out_dir)
+    dec = decompose(target, batches, dcfg, seed=cfg.seed, dtype=dtype, device=device,
+                    out_dir=out_dir, eval_batch=eval_batch)
+    dec.save(out_dir)
+    write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).replace("torch.", "")})
+    df = pd.DataFrame(dec.history if dec.history else [])
+    metrics_path = out_dir / "metrics.jsonl"
+    if metrics_path.exists():
+        df = pd.read_json(metrics_path, lines=True)
+    save_figure(plot_losses(df), out_dir / "fig_losses")
+    save_figure(plot_l0(df), out_dir / "fig_l0")
