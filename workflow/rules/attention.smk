@@ -1,0 +1,45 @@
+# Stage 11: attention through q/k subcomponents: previous-token scores of the target, per-head norms,
+# the static pair interaction grid through RoPE, and a one-position ablation of query subcomponents.
+
+
+rule attention:
+    input:
+        rules.train_target.output,
+        rules.decompose.output,
+        rules.tokenizer.output,
+    output:
+        prev=f"{RESULTS}/attention/prev_token_scores.csv",
+        norms=f"{RESULTS}/attention/qk_comp_weight_norm.csv",
+        grid=f"{RESULTS}/attention/attn_contrib_grid.csv",
+        pairs=f"{RESULTS}/attention/attention_pairs.csv",
+        ablation=f"{RESULTS}/attention/attn_patterns_q_intv.csv",
+        summary=f"{RESULTS}/attention/summary.json",
+        config=f"{RESULTS}/attention/final_config.yaml",
+        fig_prev=f"{RESULTS}/attention/fig_prev_token_scores.png",
+        fig_prev_pdf=f"{RESULTS}/attention/fig_prev_token_scores.pdf",
+        fig_norm=f"{RESULTS}/attention/fig_qk_comp_weight_norm.png",
+        fig_norm_pdf=f"{RESULTS}/attention/fig_qk_comp_weight_norm.pdf",
+        fig_grid=f"{RESULTS}/attention/fig_attn_contrib_grid.png",
+        fig_grid_pdf=f"{RESULTS}/attention/fig_attn_contrib_grid.pdf",
+        fig_ablation=f"{RESULTS}/attention/fig_attn_patterns_q_intv.png",
+        fig_ablation_pdf=f"{RESULTS}/attention/fig_attn_patterns_q_intv.pdf",
+    params:
+        section=config.get("attention", {}),
+        seed=config["seed"],
+        target=f"{RESULTS}/target",
+        tokens=f"{RESULTS}/tokenizer",
+        decomposition=f"{RESULTS}/decomposition",
+        out=f"{RESULTS}/attention",
+    log:
+        f"{RESULTS}/logs/attention.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attention.tsv"
+    conda:
+        "../../environment.yml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "{VPD} attention {CONFIG_ARG} --target {params.target} --decomposition {params.decomposition} "
+        "--tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"
