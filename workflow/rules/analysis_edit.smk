@@ -1,0 +1,75 @@
+# Stages 8-9: the harvest (what every subcomponent fires on, on held-out tokens) with the static
+# component browser (fig:components-showcase), and the emoticon edit of one subcomponent against
+# rank-1 LoRA baselines (fig:model-editing-pareto, fig:model-editing-heatmap).
+
+
+rule harvest:
+    input:
+        rules.train_target.output,
+        rules.decompose.output,
+    output:
+        subcomponents=f"{RESULTS}/harvest/subcomponents.parquet",
+        examples=f"{RESULTS}/harvest/examples.parquet",
+        token_stats=f"{RESULTS}/harvest/token_stats.parquet",
+        vocab=f"{RESULTS}/harvest/vocab.json",
+        meta=f"{RESULTS}/harvest/harvest.json",
+        config=f"{RESULTS}/harvest/final_config.yaml",
+        browser=f"{RESULTS}/harvest/browser/index.html",
+    params:
+        section=config.get("harvest", {}),
+        seed=config["seed"],
+        precision=config.get("precision", "auto"),
+        target=f"{RESULTS}/target",
+        tokens=f"{RESULTS}/tokenizer",
+        decomposition=f"{RESULTS}/decomposition",
+        out=f"{RESULTS}/harvest",
+    log:
+        f"{RESULTS}/logs/harvest.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/harvest.tsv"
+    conda:
+        "../../environment.yml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "{VPD} harvest {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
+
+
+rule edit:
+    input:
+        rules.train_target.output,
+        rules.decompose.output,
+    output:
+        subcomponents=f"{RESULTS}/edit/emoticon_subcomponents.csv",
+        results=f"{RESULTS}/edit/edit_results.csv",
+        tokens=f"{RESULTS}/edit/heatmap_tokens.csv",
+        meta=f"{RESULTS}/edit/edit.json",
+        config=f"{RESULTS}/edit/final_config.yaml",
+        pareto=f"{RESULTS}/edit/fig_model-editing-pareto.png",
+        pareto_pdf=f"{RESULTS}/edit/fig_model-editing-pareto.pdf",
+        heatmap=f"{RESULTS}/edit/fig_model-editing-heatmap.png",
+        heatmap_pdf=f"{RESULTS}/edit/fig_model-editing-heatmap.pdf",
+    params:
+        section=config.get("edit", {}),
+        seed=config["seed"],
+        precision=config.get("precision", "auto"),
+        target=f"{RESULTS}/target",
+        tokens=f"{RESULTS}/tokenizer",
+        decomposition=f"{RESULTS}/decomposition",
+        out=f"{RESULTS}/edit",
+    log:
+        f"{RESULTS}/logs/edit.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/edit.tsv"
+    conda:
+        "../../environment.yml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "{VPD} edit {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
