@@ -39,10 +39,24 @@ CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/target.smk"
 include: "workflow/rules/decompose.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/analysis_edit.smk"
+include: "workflow/rules/attribution.smk"
+include: "workflow/rules/attention.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         rules.train_target.output,
         rules.decompose.output,
+        rules.evaluate.output,
+        rules.baselines.output,
+        rules.feature_splitting.output,
+        rules.harvest.output,
+        rules.edit.output,
+        rules.attribution.output,
+        rules.attention.output,
+        rules.report.output,
     default_target: True

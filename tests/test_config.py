@@ -90,5 +90,14 @@ def test_dry_run_builds_full_dag(name, tmp_path):
     res = _snakemake("-n", "--configfile", str(ROOT / "config" / name), "--directory", str(tmp_path),
                      "--snakefile", str(ROOT / "Snakefile"))
     assert res.returncode == 0, res.stderr[-3000:]
-    for rule in ["corpus", "tokenizer", "train_target", "decompose"]:
+    for rule in ["corpus", "tokenizer", "train_target", "decompose", "evaluate", "baselines", "feature_splitting"]:
         assert rule in res.stdout
+
+
+def test_config_readme_is_the_generated_reference_and_documents_every_key():
+    from vpd.config_docs import render
+
+    text = render()
+    assert (ROOT / "config/README.md").read_text() == text, "run `python -m vpd config-docs > config/README.md`"
+    undocumented = [row for row in text.splitlines() if row.startswith("| `") and row.rstrip().endswith("|  |")]
+    assert not undocumented, undocumented

@@ -30,6 +30,17 @@ def test_ci_dag_end_to_end(tmp_path):
     assert curve["step"].iloc[0] == 0 and len(curve) >= 10
     assert curve["val_ce"].iloc[-1] < curve["val_ce"].iloc[0] - 0.5, "target did not learn"
     assert (out / "decomposition/components.safetensors").stat().st_size > 0
+    recovered = pd.read_csv(out / "evaluation/compute_recovered.csv")
+    strategies = pd.read_csv(out / "evaluation/mask_strategies.csv")
+    assert recovered["name"].tolist() == strategies["strategy"].tolist()[1:]  # one row per strategy
+    assert recovered["fraction"].between(0, 1).all()
+    assert "| unmasked: compute recovered |" in (out / "evaluation/paper_vs_ours.md").read_text()
+    pareto = pd.read_csv(out / "baselines/pareto.csv")
+    assert not pareto.duplicated(["method", "setting"]).any() and set(pareto["method"]) == {"VPD", "PLT", "CLT"}
+    assert len(pareto) == 2 * 2 * 2 + 3 * 2  # (plt, clt) x 2 sizes x 2 k; 3 thresholds x (main + 1 coefficient)
+    split = pd.read_csv(out / "feature_splitting/splitting.csv")
+    assert split.groupby("method").size().to_dict() == {"VPD": 4, "PLT": 2, "CLT": 2}
+    assert (split["alive"] <= split["capacity"]).all()
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -39,13 +39,78 @@ def _stage_decompose(cfg, args):
     run_decompose(cfg, Path(args.target), Path(args.tokens), Path(args.out))
 
 
+def _stage_evaluate(cfg, args):
+    from vpd.evaluate.stage import run_evaluate
+
+    run_evaluate(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
+
+
+def _stage_baselines(cfg, args):
+    from vpd.baselines.stage import run_baselines
+
+    run_baselines(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
+
+
+def _stage_feature_splitting(cfg, args):
+    from vpd.evaluate.splitting import run_feature_splitting
+
+    run_feature_splitting(cfg, Path(args.target), Path(args.tokens), Path(args.baselines), Path(args.out))
+
+
+def _stage_harvest(cfg, args):
+    from vpd.analysis.harvest import run_harvest
+
+    run_harvest(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
+
+
+def _stage_edit(cfg, args):
+    from vpd.analysis.edit import run_edit
+
+    run_edit(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
+
+
+def _stage_attribution(cfg, args):
+    from vpd.analysis.attribution import run_attribution
+
+    run_attribution(cfg, Path(args.target), Path(args.decomposition), Path(args.out))
+
+
+def _stage_attention(cfg, args):
+    from vpd.analysis.attention import run_attention
+
+    run_attention(cfg, Path(args.target), Path(args.decomposition), Path(args.tokens), Path(args.out))
+
+
+def _stage_notebook(cfg, args):
+    from vpd.report.notebooks import execute_notebook
+
+    execute_notebook(cfg, Path(args.notebook), Path(args.results), Path(args.out))
+
+
+def _stage_report(cfg, args):
+    from vpd.report.readme import run_report
+
+    run_report(cfg, Path(args.results), Path(args.out))
+
+
 # stage name -> (runner, extra input directories it reads)
 STAGES = {
     "corpus": (_stage_corpus, []),
     "tokenizer": (_stage_tokenizer, ["corpus"]),
     "train_target": (_stage_train_target, ["tokens"]),
     "decompose": (_stage_decompose, ["target", "tokens"]),
+    "evaluate": (_stage_evaluate, ["target", "tokens", "decomposition"]),
+    "baselines": (_stage_baselines, ["target", "tokens", "decomposition"]),
+    "feature_splitting": (_stage_feature_splitting, ["target", "tokens", "baselines"]),
+    "harvest": (_stage_harvest, ["target", "tokens", "decomposition"]),
+    "edit": (_stage_edit, ["target", "tokens", "decomposition"]),
+    "attribution": (_stage_attribution, ["target", "decomposition"]),
+    "attention": (_stage_attention, ["target", "decomposition", "tokens"]),
+    "notebook": (_stage_notebook, ["results"]),
+    "report": (_stage_report, ["results"]),
 }
+# stage name -> extra file arguments (flag, help)
+STAGE_FILES = {"notebook": [("notebook", "papermill template (.ipynb) to execute")]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="project config YAML")
         for inp in inputs:
             p.add_argument(f"--{inp}", required=True, help=f"{inp} stage output directory")
+        for flag, help_text in STAGE_FILES.get(name, []):
+            p.add_argument(f"--{flag}", required=True, help=help_text)
         p.add_argument("--out", required=True, help="output directory of this stage")
     sub.add_parser("schema", help="print the config JSON schema")
+    sub.add_parser("config-docs", help="print config/README.md (the key reference)")
     p = sub.add_parser("validate", help="validate a config file and exit")
     p.add_argument("config")
     return parser
@@ -68,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.stage == "schema":
         sys.stdout.write(to_json(json_schema()))
+        return 0
+    if args.stage == "config-docs":
+        from vpd.config_docs import render
+
+        sys.stdout.write(render())
         return 0
     try:
         cfg = load_config(args.config)

