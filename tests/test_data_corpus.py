@@ -41,6 +41,7 @@ from vpd.data.sources import (
 )
 from vpd.data.stage import run_corpus
 from vpd.utils.io import read_json, read_yaml, sha256_file
+from project import ci_project
 
 # ------------------------------------------------------------------------------------------
 # helpers
@@ -392,14 +393,8 @@ def test_stats_exact_counts():
     assert s["princess"] == 3 and s["her"] == 2
 
 
-def minimal_project(corpus: dict, vocab: int = 300) -> dict:
-    return {
-        "name": "t", "seed": 0, "corpus": corpus,
-        "tokenizer": {"vocab_size": vocab},
-        "target": {"model": {"n_layer": 1, "d_model": 16, "n_head": 2, "d_mlp": 32, "context": 8, "vocab_size": vocab},
-                   "train": {"steps": 1, "batch_size": 1}},
-        "decompose": {"matrices": [{"pattern": "h.*", "C": 2}], "steps": 1, "batch_size": 1},
-    }
+def minimal_project(corpus: dict) -> dict:
+    return ci_project(name="t", corpus=corpus)
 
 
 def test_run_corpus_writes_all_outputs(tmp_path):

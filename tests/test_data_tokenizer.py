@@ -21,6 +21,7 @@ from vpd.data.tokenizer import (
 )
 from vpd.data.tokens import TokenShard
 from vpd.utils.io import read_json, read_yaml, sha256_file
+from project import ci_project
 
 EOT = "<|endoftext|>"
 
@@ -121,14 +122,9 @@ def test_shards_equal_encoded_ids(tmp_path):
 def test_run_tokenizer_writes_final_config(tmp_path):
     write_corpus(tmp_path / "corpus")
     vocab = 300
-    cfg = parse_config({
-        "name": "t", "seed": 0,
-        "corpus": {"sources": [{"kind": "local_text", "name": "x", "licence": "x", "paths": ["-"]}]},
-        "tokenizer": {"vocab_size": vocab},
-        "target": {"model": {"n_layer": 1, "d_model": 16, "n_head": 2, "d_mlp": 32, "context": 8, "vocab_size": vocab},
-                   "train": {"steps": 1, "batch_size": 1}},
-        "decompose": {"matrices": [{"pattern": "h.*", "C": 2}], "steps": 1, "batch_size": 1},
-    })
+    data = ci_project(name="t")
+    data["tokenizer"]["vocab_size"] = data["target"]["model"]["vocab_size"] = vocab
+    cfg = parse_config(data)
     run_tokenizer(cfg, tmp_path / "corpus", tmp_path / "tok")
     files = {p.name for p in (tmp_path / "tok").iterdir()}
     assert files == {"tokenizer.json", "train.bin", "val.bin", "meta.json", "final_config.yaml"}

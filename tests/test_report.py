@@ -72,6 +72,10 @@ def test_report_readme_links_outputs_with_paper_numbers(tmp_path):
     assert "not produced (stage not run)" in text  # e.g. evaluation/ is absent here
     for line in text.splitlines():
         assert "unreadable" not in line, line
+    # each labelled output that exists is copied into paper/ under its label, byte for byte
+    copy = results / "paper" / "graph_princess.json"
+    assert copy.read_bytes() == (results / "attribution" / "graph_princess.json").read_bytes()
+    assert not (results / "paper" / "fig_pareto-mse.png").exists()  # baselines did not run here
 
 
 def test_notebook_executes_with_papermill_on_fake_artifacts(tmp_path):

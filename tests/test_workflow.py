@@ -41,6 +41,19 @@ def test_ci_dag_end_to_end(tmp_path):
     split = pd.read_csv(out / "feature_splitting/splitting.csv")
     assert split.groupby("method").size().to_dict() == {"VPD": 4, "PLT": 2, "CLT": 2}
     assert (split["alive"] <= split["capacity"]).all()
+    assert (out / "harvest/browser/index.html").stat().st_size > 0
+    edits = pd.read_csv(out / "edit/edit_results.csv")
+    assert {"edit", "lora"} <= set(edits["method"].str.lower().str.split().str[0])
+    graphs = pd.read_csv(out / "attribution/graphs.csv")
+    assert graphs["n_nodes"].gt(0).all()
+    graph = json.loads((out / "attribution/graph_princess.json").read_text())
+    node_ids = {n["node_id"] for n in graph["nodes"]}
+    assert {"metadata", "nodes", "links"} <= set(graph) and all(link["source"] in node_ids for link in graph["links"])
+    paper = out / "paper"
+    for label_file in ["fig_target-curve.png", "tab_vpd-ce-compute-compar.csv", "fig_pareto-mse.png",
+                       "fig_model-editing-pareto.png", "graph_princess.json", "fig_attn_contrib_grid.png"]:
+        assert (paper / label_file).stat().st_size > 0, label_file
+    assert len(list((out / "notebooks").glob("*.ipynb"))) == 6
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

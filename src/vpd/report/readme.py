@@ -183,7 +183,8 @@ def render(cfg, results_dir: Path, paper_dir: Path) -> str:
     lines = [f"# Paper outputs of run `{cfg.name}`", "",
              "Every output of this run by paper section, with the paper's number beside ours. The paper's target is "
              "a 67M-parameter model on the Pile; this run's scale is set by its config, so compare directions and "
-             "sizes of effects rather than absolute values. Executed notebooks: `../notebooks/`.", ""]
+             "sizes of effects rather than absolute values. Executed notebooks: `../notebooks/`. Each output with a "
+             "paper label is also copied into this folder under its label (e.g. `fig_pareto-mse.png`).", ""]
     for section in sections_for(cfg):
         nb = results_dir / "notebooks" / f"{section.key}.ipynb"
         nb_link = f" ([notebook]({os.path.relpath(nb, paper_dir)}))" if nb.exists() else ""
@@ -209,9 +210,37 @@ def render(cfg, results_dir: Path, paper_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+PAPER_LABEL_PREFIXES = ("fig:", "tab:", "graph:")
+
+
+def labelled_copies(cfg, results_dir: Path) -> dict[Path, str]:
+    """{source file: paper/ file name} for every output that carries a paper label.
+
+    `fig:pareto-mse` at baselines/fig_pareto.png becomes paper/fig_pareto-mse.png (plus the PDF
+    next to a PNG), so each paper figure and table has one file named after its label.
+    """
+    copies: dict[Path, str] = {}
+    for section in sections_for(cfg):
+        for item in section.items:
+            if not item.label.startswith(PAPER_LABEL_PREFIXES):
+                continue
+            label = item.label.removesuffix(" figure")  # a graph's figure sits beside its JSON
+            stem = label.split(" (")[0].replace(":", "_") + ("_" + label.split(" (")[1].rstrip(")") if " (" in label else "")
+            src = Path(results_dir) / item.path
+            copies[src] = stem + src.suffix
+            if src.suffix == ".png":
+                copies[src.with_suffix(".pdf")] = stem + ".pdf"
+    return copies
+
+
 def run_report(cfg, results_dir: Path, out_dir: Path) -> None:
+    from vpd.utils.io import write_bytes
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for src, name in labelled_copies(cfg, Path(results_dir)).items():
+        if src.is_file():
+            write_bytes(out_dir / name, src.read_bytes())
     write_text(out_dir / "README.md", render(cfg, Path(results_dir), out_dir))
     log.info("report: %s", out_dir / "README.md")
 
