@@ -200,21 +200,17 @@ def run_attention(cfg, target_dir, decomposition_dir, tokens_dir, out_dir) -> No
     from pathlib import Path
 
     from vpd.data.tokens import TokenShard
-    from vpd.decomp import Decomposition
+    from vpd.decomp.api import load_decomposition
     from vpd.plots import save_figure
     from vpd.plots.attention import plot_attn_ablation, plot_attn_contrib_grid, plot_prev_token_scores, plot_qk_weight_norm
-    from vpd.target.model import TargetLM
     from vpd.utils.io import atomic_path, write_json, write_yaml
-    from vpd.utils.runtime import default_device, seed_everything
+    from vpd.utils.runtime import default_device, start_stage
 
     log = logging.getLogger("vpd")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     acfg = cfg.attention
-    target = TargetLM.from_pretrained(target_dir, map_location=device)
-    dec = Decomposition.load(decomposition_dir, target, dtype=torch.float32, device=device)
+    target, dec = load_decomposition(target_dir, decomposition_dir, dtype=torch.float32, device=device)
     n_layer, n_head = target.cfg.n_layer, target.cfg.n_head
     layer = acfg.layer
     if layer >= n_layer:

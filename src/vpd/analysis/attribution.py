@@ -268,22 +268,18 @@ def run_attribution(cfg, target_dir, decomposition_dir, out_dir) -> None:
 
     from vpd.analysis.pruning import prune_prompt, score_prompt
     from vpd.data.tokenizer import load_tokenizer
-    from vpd.decomp import Decomposition
+    from vpd.decomp.api import load_decomposition
     from vpd.plots import save_figure
     from vpd.plots.attribution import plot_graph
-    from vpd.target.model import TargetLM
     from vpd.utils.io import atomic_path, write_json, write_yaml
-    from vpd.utils.runtime import default_device, seed_everything
+    from vpd.utils.runtime import default_device, start_stage
 
     log = logging.getLogger("vpd")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     acfg = cfg.attribution
-    target = TargetLM.from_pretrained(target_dir, map_location=device)
+    target, dec = load_decomposition(target_dir, decomposition_dir, dtype=torch.float32, device=device)
     tok = load_tokenizer(Path(target_dir) / "tokenizer.json")
-    dec = Decomposition.load(decomposition_dir, target, dtype=torch.float32, device=device)
     gen = torch.Generator().manual_seed(cfg.seed)
     stems = {(p, v): s for p, v, s in acfg.graph_stems()}
     rows, history = [], []

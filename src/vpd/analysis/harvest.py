@@ -338,15 +338,11 @@ def resolve_seq_len(cfg_seq_len: Optional[int], project_cfg, context: int) -> in
 
 def load_decomposition(project_cfg, target_dir: Path, decomposition_dir: Path):
     """(target, decomposition) on the default device in the configured precision."""
-    from vpd.decomp.api import Decomposition
-    from vpd.target.model import TargetLM
+    from vpd.decomp.api import load_decomposition as load
     from vpd.utils.runtime import default_device, resolve_precision
 
     device = default_device()
-    dtype = resolve_precision(project_cfg.precision, device)
-    target = TargetLM.from_pretrained(target_dir, map_location=device)
-    dec = Decomposition.load(decomposition_dir, target, dtype=dtype, device=device)
-    return target, dec
+    return load(target_dir, decomposition_dir, dtype=resolve_precision(project_cfg.precision, device), device=device)
 
 
 def run_harvest(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, out_dir: Path) -> HarvestResult:
@@ -354,11 +350,9 @@ def run_harvest(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path
     from vpd.analysis.browser import render_browser
     from vpd.data.tokenizer import load_tokenizer
     from vpd.data.tokens import TokenShard
-    from vpd.utils.runtime import seed_everything
+    from vpd.utils.runtime import start_stage
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir = start_stage(cfg.seed, out_dir)
     hcfg = cfg.harvest
     target, dec = load_decomposition(cfg, Path(target_dir), Path(decomposition_dir))
     seq_len = resolve_seq_len(hcfg.seq_len, cfg, target.cfg.context)

@@ -31,7 +31,7 @@ from vpd.evaluate.pareto import pareto_table, transcoder_point, vpd_pareto_point
 from vpd.evaluate.stage import eval_windows, load_target, write_csv
 from vpd.evaluate.variants import decompose_variant, variant_config
 from vpd.utils.io import MetricsLog, read_json, sha256_file, write_json, write_yaml
-from vpd.utils.runtime import default_device, log, resolve_precision, seed_everything
+from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 
 def coeff_run_name(coeff: float) -> str:
@@ -96,9 +96,7 @@ def run_baselines(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomp
     from vpd.plots import save_figure
     from vpd.plots.baselines import plot_pareto
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     dtype = resolve_precision(cfg.precision, device)
     bcfg, batch_size = cfg.baselines, cfg.evaluate.batch_size

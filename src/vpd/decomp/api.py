@@ -276,6 +276,18 @@ class Decomposition:
         return dec
 
 
+def load_decomposition(
+    target_dir: str | Path, decomposition_dir: str | Path, *, dtype: torch.dtype = torch.float32, device=None
+) -> tuple[nn.Module, "Decomposition"]:
+    """The trained target from a `train_target` output dir (frozen, eval mode) and its decomposition."""
+    from vpd.target.model import TargetLM
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    target = TargetLM.from_pretrained(target_dir, map_location=device).eval()
+    target.requires_grad_(False)
+    return target, Decomposition.load(decomposition_dir, target, dtype=dtype, device=device)
+
+
 def _module_device(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device

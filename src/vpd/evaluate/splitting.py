@@ -175,11 +175,9 @@ def run_feature_splitting(
     from vpd.plots import save_figure
     from vpd.plots.splitting import plot_alive_vs_capacity, plot_splitting_heatmap
     from vpd.utils.io import write_yaml
-    from vpd.utils.runtime import default_device, log, resolve_precision, seed_everything
+    from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
-    out_dir, baselines_dir = Path(out_dir), Path(baselines_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir, baselines_dir = start_stage(cfg.seed, out_dir), Path(baselines_dir)
     device = default_device()
     dtype = resolve_precision(cfg.precision, device)
     fs, ecfg = cfg.feature_splitting, cfg.evaluate

@@ -24,7 +24,7 @@ from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.mask_strategies import evaluate_masks, evaluate_pgd, standard_strategies, summarise_pgd
 from vpd.evaluate.paper import paper_vs_ours
 from vpd.utils.io import atomic_path, write_text, write_yaml
-from vpd.utils.runtime import default_device, log, resolve_precision, seed_everything
+from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 OUTPUT_TABLES = (
     "mask_strategies.csv", "pgd_steps.csv", "compute_recovered.csv", "l0_by_layer.csv", "l0_by_matrix.csv",
@@ -61,9 +61,7 @@ def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decompo
     from vpd.plots import save_figure
     from vpd.plots.evaluate import plot_compute_recovered, plot_l0_by_layer, plot_pgd
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     dtype = resolve_precision(cfg.precision, device)
     ecfg = cfg.evaluate

@@ -28,6 +28,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def start_stage(seed: int, out_dir) -> "Path":
+    """Create a stage's output directory and seed every RNG; returns the directory as a Path."""
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    return out_dir
+
+
 def configure_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (None: all cores this process may use)."""
     n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or os.cpu_count() or 1)
