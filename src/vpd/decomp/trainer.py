@@ -40,6 +40,7 @@ from vpd.decomp.masks import stochastic_masks_flat
 from vpd.decomp.monitor import l0_per_matrix, quick_eval
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.io import MetricsLog
+from vpd.utils.runtime import require_single_process
 
 log = logging.getLogger("vpd")
 
@@ -60,11 +61,7 @@ class Trainer:
         progress: bool = True,
     ):
         self.dec, self.cfg, self.seed = dec, dec.config, int(seed)
-        if self.cfg.world_size > 1:
-            raise ValueError(
-                f"decompose.world_size is {self.cfg.world_size}, but this engine runs one process "
-                "(no DistributedDataParallel launch); set decompose.world_size: 1"
-            )
+        require_single_process("decompose.world_size", self.cfg.world_size)
         self.batches = train_batches
         self.callable_batches = callable(train_batches)
         self.out_dir = Path(out_dir) if out_dir is not None else None

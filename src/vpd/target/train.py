@@ -26,7 +26,7 @@ from vpd.data.tokens import TokenShard
 from vpd.target.model import TargetLM
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.io import MetricsLog, write_text
-from vpd.utils.runtime import autocast, log, seed_everything
+from vpd.utils.runtime import autocast, log, require_single_process, seed_everything
 
 CURVE_COLUMNS = ("step", "tokens", "flops", "val_ce")
 # Config keys that may change between a checkpoint and its resumption without changing results.
@@ -104,11 +104,7 @@ def curve_steps(tcfg: TargetTrainConfig) -> list[int]:
 # ---------------------------------------------------------------- distributed (single process now)
 def setup_distributed(tcfg: TargetTrainConfig) -> tuple[int, int]:
     """(rank, world_size). Multi-process training would initialise torch.distributed here."""
-    if tcfg.world_size > 1:
-        raise NotImplementedError(
-            f"target.train.world_size = {tcfg.world_size}: multi-process target training is not "
-            "implemented yet; set target.train.world_size: 1"
-        )
+    require_single_process("target.train.world_size", tcfg.world_size)
     return 0, 1
 
 

@@ -28,6 +28,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class MultiProcessUnsupported(ValueError, NotImplementedError):
+    """A config asks for world_size > 1; training stages run one process (no torchrun/DDP yet)."""
+
+
+def require_single_process(key: str, world_size: int) -> None:
+    """Refuse world_size > 1 up front, naming the config key, instead of silently running one process."""
+    if world_size > 1:
+        raise MultiProcessUnsupported(
+            f"{key} is {world_size}, but this stage runs one process (torchrun/DDP is not implemented yet); "
+            f"set {key}: 1"
+        )
+
+
 def start_stage(seed: int, out_dir) -> "Path":
     """Create a stage's output directory and seed every RNG; returns the directory as a Path."""
     from pathlib import Path
