@@ -33,6 +33,19 @@ if not Path(RESOLVED_CONFIG).exists() or read_yaml(RESOLVED_CONFIG) != dict(conf
 _use_conda = "conda" in str(workflow.deployment_settings.deployment_method).lower()
 PYTHON = "python" if _use_conda else sys.executable
 VPD = f"PYTHONPATH={SRC}:${{PYTHONPATH:-}} {PYTHON} -m vpd"
+
+
+def launcher(world_size: int) -> str:
+    """The command prefix of a training stage: `python -m vpd` for one process, torchrun with one
+    rank per process (DDP; gloo on CPU, nccl on GPU) when the config asks for several."""
+    if world_size == 1:
+        return VPD
+    return (f"PYTHONPATH={SRC}:${{PYTHONPATH:-}} {PYTHON} -m torch.distributed.run --standalone "
+            f"--nproc_per_node {world_size} -m vpd")
+
+
+TARGET_LAUNCH = launcher(config["target"]["train"]["world_size"])
+DECOMPOSE_LAUNCH = launcher(config["decompose"]["world_size"])
 CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
 
 

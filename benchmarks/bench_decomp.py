@@ -15,6 +15,10 @@ and achieved FLOP/s against the matmul peak measured in the same process.
     python benchmarks/bench_decomp.py                      # both precisions, 20 timed steps
     python benchmarks/bench_decomp.py --steps 5 --warmup 2 # quick look
     python benchmarks/bench_decomp.py --profile            # where the seconds of a step go
+    python benchmarks/bench_decomp.py --nproc 1,2          # scaling over torchrun processes
+
+--nproc: the same global batch split over N torchrun (gloo) processes with threads/N torch
+threads each; reports seconds per step and peak RSS per rank.
 
 Run it on an idle machine: with 2 threads and another busy process on the same cores, OpenMP
 spin-waiting slows every op by 10-50x (measured here: a 60 ms target step took 0.5-4 s).
@@ -184,6 +188,60 @@ def run_one(precision: str, steps: int, warmup: int, threads: int, profile: bool
     }
 
 
+# ---------------------------------------------------------------- process scaling (torchrun child)
+def run_ranks(precision: str, steps: int, warmup: int, threads: int) -> dict | None:
+    """Decomposition steps on this rank's share of the global batch; rank 0 returns the summary."""
+    from vpd.config import TargetModelConfig
+    from vpd.decomp import Decomposition, DecompositionConfig
+    from vpd.decomp.trainer import Trainer
+    from vpd.target.model import TargetLM
+    from vpd.utils.distributed import init_distributed, launched_world_size
+
+    world = launched_world_size()
+    dist = init_distributed(world, "--nproc")
+    torch.set_num_threads(max(1, threads // world))
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    target = TargetLM(TargetModelConfig(**BENCH_TARGET))
+    cfg = DecompositionConfig.from_dict({**BENCH_CONFIG, "steps": 1500, "world_size": world})
+    dec = Decomposition(target, cfg, seed=0, dtype=dtype, device=dist.device)
+
+    def batches(g):
+        return torch.randint(0, BENCH_TARGET["vocab_size"], (BATCH, SEQ), generator=g)
+
+    trainer = Trainer(dec, batches, seed=0, progress=False, dist=dist)
+    times = []
+    for i in range(warmup + steps):
+        b = trainer._next_batch()
+        dist.barrier()
+        t0 = time.perf_counter()
+        trainer.train_step(i, b)
+        dist.barrier()
+        times.append(time.perf_counter() - t0)
+    rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6], dtype=torch.float64)
+    rss_max = float(dist.max_(rss.clone()))
+    if not dist.is_main:
+        return None
+    step_s = statistics.median(times[warmup:])
+    return {"precision": precision, "processes": world, "threads_per_process": torch.get_num_threads(),
+            "sec_per_step": step_s, "tokens_per_s": BATCH * SEQ / step_s, "peak_rss_gb_per_rank": rss_max}
+
+
+def scaling(precisions: list[str], nprocs: list[int], steps: int, warmup: int, threads: int) -> list[dict]:
+    rows = []
+    for p in precisions:
+        for n in nprocs:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__,
+                   "--child-ranks", "--precision", p, "--steps", str(steps), "--warmup", str(warmup),
+                   "--threads", str(threads)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads([ln for ln in out.splitlines() if ln.startswith("{")][-1]))
+            r = rows[-1]
+            print(f"{p} x{n} processes ({r['threads_per_process']} threads each): {r['sec_per_step']:.3f} s/step, "
+                  f"{r['tokens_per_s']:.0f} tok/s, peak RSS {r['peak_rss_gb_per_rank']:.2f} GB per rank", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
@@ -191,10 +249,24 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="also profile 3 steps by phase and op")
+    ap.add_argument("--nproc", help="comma list of process counts: run the torchrun scaling benchmark instead")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-ranks", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     precisions = args.precision.split(",")
+    if args.child_ranks:
+        res = run_ranks(precisions[0], args.steps, args.warmup, args.threads)
+        if res is not None:
+            print(json.dumps(res), flush=True)
+        return
+    if args.nproc:
+        rows = scaling(precisions, [int(n) for n in args.nproc.split(",")], args.steps, args.warmup, args.threads)
+        if args.out:
+            from vpd.utils.io import write_json
+
+            write_json(args.out, rows)
+        return
     if args.child:
         print(json.dumps(run_one(precisions[0], args.steps, args.warmup, args.threads, args.profile)))
         return

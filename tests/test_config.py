@@ -87,11 +87,18 @@ def test_snakemake_rejects_bad_key_when_building_the_dag(tmp_path):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_dry_run_builds_full_dag(name, tmp_path):
-    res = _snakemake("-n", "--configfile", str(ROOT / "config" / name), "--directory", str(tmp_path),
+    res = _snakemake("-n", "-p", "--configfile", str(ROOT / "config" / name), "--directory", str(tmp_path),
                      "--snakefile", str(ROOT / "Snakefile"))
     assert res.returncode == 0, res.stderr[-3000:]
     for rule in ["corpus", "tokenizer", "train_target", "decompose", "evaluate", "baselines", "feature_splitting"]:
         assert rule in res.stdout
+    # the training stages go through torchrun exactly when the config asks for several processes
+    torchrun = "-m torch.distributed.run --standalone --nproc_per_node 8 -m vpd"
+    shell = res.stdout
+    if name == "paper.yaml":
+        assert f"{torchrun} train_target" in shell and f"{torchrun} decompose" in shell
+    else:
+        assert "torch.distributed.run" not in shell and "-m vpd train_target" in shell
 
 
 def test_config_readme_is_the_generated_reference_and_documents_every_key():

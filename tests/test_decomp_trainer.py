@@ -167,6 +167,6 @@ def test_iterable_batches_resume_equals_uninterrupted(tmp_path):
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
 
 
-def test_world_size_above_one_is_a_clear_error():
-    with pytest.raises(ValueError, match="world_size is 2"):
+def test_world_size_must_match_the_processes_running():
+    with pytest.raises(ValueError, match="decompose.world_size is 2 but the trainer runs in 1 process"):
         decompose(tiny_target(), batches, cfg(world_size=2), progress=False)

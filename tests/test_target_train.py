@@ -236,9 +236,11 @@ def test_nan_loss_names_the_step_and_keeps_checkpoint(tokens_dir, tmp_path, monk
     assert not (out / "model.safetensors").exists()
 
 
-def test_world_size_above_one_is_a_clear_error(tokens_dir, tmp_path):
-    with pytest.raises(NotImplementedError, match="world_size"):
+def test_world_size_without_torchrun_is_a_clear_error(tokens_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="target.train.world_size is 2 .*torchrun --standalone --nproc_per_node 2"):
         run_train_target(make_config(world_size=2), tokens_dir, tmp_path / "target")
+    assert not (tmp_path / "target" / "checkpoints").exists()  # refused before any compute
 
 
 def test_plot_target_curve():

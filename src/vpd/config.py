@@ -102,7 +102,15 @@ class TargetTrainConfig(Strict):
     eval_every: int = Field(50, ge=1, description="steps between validation-CE points of curve.csv")
     eval_sequences: int = Field(64, ge=1, description="fixed held-out sequences for the validation curve")
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
-    world_size: int = Field(1, ge=1, description="processes (torchrun) for this stage")
+    world_size: int = Field(1, ge=1, description="processes (torchrun, DDP) for this stage; batch_size is the global batch and must divide evenly")
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TargetTrainConfig":
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"target.train.batch_size {self.batch_size} does not split evenly over target.train.world_size {self.world_size}"
+            )
+        return self
 
 
 class TargetConfig(Strict):

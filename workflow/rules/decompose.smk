@@ -29,6 +29,7 @@ rule decompose:
     resources:
         mem_mb=16000,
         runtime=600,
+        processes=config["decompose"]["world_size"],  # torchrun ranks (the Slurm profile asks for as many GPUs)
     shell:
-        "{VPD} decompose {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{DECOMPOSE_LAUNCH} decompose {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
         "--out {params.out} 2>&1 | tee {log}"

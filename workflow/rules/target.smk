@@ -28,5 +28,6 @@ rule train_target:
     resources:
         mem_mb=8000,
         runtime=120,
+        processes=config["target"]["train"]["world_size"],  # torchrun ranks (the Slurm profile asks for as many GPUs)
     shell:
-        "{VPD} train_target {CONFIG_ARG} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"
+        "{TARGET_LAUNCH} train_target {CONFIG_ARG} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"

@@ -309,11 +309,21 @@ def run_attention(cfg, target_dir, decomposition_dir, tokens_dir, out_dir) -> No
     if named_q is not None:
         row = prev_pairs.iloc[0]
         name = dec.subcomponent_name(qn, named_q)
+        head = int(row["pos_peak_head"])
+
+        def head_drop(n: str) -> float:  # loss of recent-token attention in the pair's head
+            return recent[n]["before"][head] - recent[n]["after"][head]
+
         summary["prev_token_pair"] = {
-            "q": row["q"], "k": row["k"], "head": int(row["pos_peak_head"]), "peak_offset": int(row["pos_peak_offset"]),
+            "q": row["q"], "k": row["k"], "head": head, "peak_offset": int(row["pos_peak_offset"]),
             "peak_z": float(row["pos_peak_z"]), "ablation_position": qpos,
             "recent_attention_before": recent[name]["before"], "recent_attention_after": recent[name]["after"],
-            "recent_attention_drops_most": bool(max(recent, key=lambda n: sum(recent[n]["before"]) - sum(recent[n]["after"])) == name),
+            "recent_attention_drop_in_head": head_drop(name),
+            "recent_attention_drop_in_head_relative": head_drop(name) / max(recent[name]["before"][head], 1e-12),
+            # among the ablated q subcomponents, does this one remove the most recent-token attention
+            # in its own head (the claim: the pair carries that head's previous-token attention)?
+            "drops_most_in_its_head": bool(max(recent, key=head_drop) == name),
+            "drops_most_over_all_heads": bool(max(recent, key=lambda n: sum(recent[n]["before"]) - sum(recent[n]["after"])) == name),
         }
     summary["recent_attention_by_ablated_q"] = recent
     write_json(out_dir / "summary.json", summary)

@@ -18,12 +18,13 @@ U(0, 1) init, n sign-ascent steps with clamping, all matrices masked, Δ include
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
 from vpd.decomp.config import PGDConfig
 from vpd.decomp.masks import FlatLayout, source_masks_flat
+from vpd.utils.distributed import Dist, rand_rows
 
 # loss_fn(flat masks [..., ΣC], flat Δ masks [..., L]) -> scalar reconstruction loss
 MaskedLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -37,10 +38,18 @@ class PersistentAdversary:
         cfg: PGDConfig,
         generator: Optional[torch.Generator] = None,
         device: torch.device | str = "cpu",
+        row_seeds: Optional[Sequence[int]] = None,
     ):
+        """Sources start U(0, 1): from `generator`, or with `row_seeds` (one per batch row) row i
+        from its own seeded generator, so a row's start does not depend on the batch split."""
         self.cfg, self.layout = cfg, layout
         shape = (*lead_shape, layout.total + layout.L)
-        init = torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+        if row_seeds is None:
+            init = torch.rand(shape, generator=generator, dtype=torch.float32).to(device)
+        else:
+            if len(row_seeds) != shape[0]:
+                raise ValueError(f"{len(row_seeds)} row seeds for {shape[0]} batch rows")
+            init = rand_rows(shape[1:], row_seeds, torch.device("cpu")).to(device)
         self._set(init, torch.zeros_like(init), torch.zeros_like(init))
         self.t = 0
 
@@ -80,12 +89,13 @@ class PersistentAdversary:
         sc, sd = self.src
         return ci + (1 - ci) * sc, sd
 
-    def ascend(self, loss_fn: MaskedLossFn, ci: torch.Tensor, lr: float) -> float:
-        """One warm-up ascent: gradient of loss_fn w.r.t. the sources only, then an Adam step up."""
+    def ascend(self, loss_fn: MaskedLossFn, ci: torch.Tensor, lr: float, grad_scale: float = 1.0) -> float:
+        """One warm-up ascent: gradient of loss_fn w.r.t. the sources only (times grad_scale),
+        then an Adam step up."""
         loss = loss_fn(*self.masks(ci.detach(), requires_grad=True))
         grads = torch.autograd.grad(loss, self.src)
         self.release()
-        self.step(list(grads), lr)
+        self.step([g * grad_scale for g in grads] if grad_scale != 1.0 else list(grads), lr)
         return float(loss.detach())
 
     def release(self) -> None:
@@ -137,16 +147,21 @@ def pgd_attack(
     n_steps: int,
     step_size: float,
     generator: Optional[torch.Generator] = None,
+    dist: Optional[Dist] = None,
 ) -> float:
     """Evaluation attack on the flat CI [..., ΣC]: one source per subcomponent (+ one Δ source per
-    matrix) shared by all positions, n sign-ascent steps; returns the final loss."""
+    matrix) shared by all positions, n sign-ascent steps; returns the final loss.
+
+    With several processes each holds a shard of the batch: the source starts as rank 0's draw,
+    its gradient is averaged over ranks before each sign step, and the loss is the ranks' mean."""
+    dist = dist or Dist()
     ci = ci.detach()
     shape = (*([1] * (ci.ndim - 1)), ci.shape[-1] + n_matrices)
-    src = torch.rand(shape, generator=generator, dtype=torch.float32).to(ci.device)
+    src = dist.broadcast_(torch.rand(shape, generator=generator, dtype=torch.float32).to(ci.device))
     with torch.enable_grad():
         for _ in range(n_steps):
             src.requires_grad_(True)
             (grad,) = torch.autograd.grad(loss_fn(*source_masks_flat(ci, src)), [src])
-            src = (src.detach() + step_size * grad.sign()).clamp_(0.0, 1.0)
+            src = (src.detach() + step_size * dist.mean_(grad).sign()).clamp_(0.0, 1.0)
     with torch.no_grad():
-        return float(loss_fn(*source_masks_flat(ci, src)))
+        return dist.mean_values([float(loss_fn(*source_masks_flat(ci, src)))])[0]

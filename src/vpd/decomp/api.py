@@ -8,7 +8,7 @@
     dec = Decomposition.load("results/x/decomposition", target)
 
 `decompose(target, train_batches, config, *, seed=0, dtype=torch.float32, device=None,
-out_dir=None, eval_batch=None, progress=True) -> Decomposition`
+out_dir=None, eval_batch=None, progress=True, dist=None) -> Decomposition`
     Decomposes the nn.Linear modules of any nn.Module `target` matched by `config.matrices`
     (fnmatch patterns, a C each; a pattern matching nothing raises, listing the available
     names). `train_batches` is either a callable `generator -> batch` (resumable exactly: the
@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -66,6 +66,9 @@ from vpd.decomp.config import DecompositionConfig
 from vpd.decomp.masks import FlatLayout
 from vpd.utils.io import atomic_path, read_json, write_json
 from vpd.utils.runtime import autocast
+
+if TYPE_CHECKING:
+    from vpd.utils.distributed import Dist
 
 COMPONENTS_FILE = "components.safetensors"
 CI_FN_FILE = "ci_fn.safetensors"
@@ -305,12 +308,17 @@ def decompose(
     out_dir: Optional[str | Path] = None,
     eval_batch: Any = None,
     progress: bool = True,
+    dist: Optional["Dist"] = None,
 ) -> Decomposition:
-    """Run the VPD optimisation on `target` and return the trained Decomposition."""
+    """Run the VPD optimisation on `target` and return the trained Decomposition.
+
+    Under torchrun pass `dist=vpd.utils.distributed.init_distributed(config.world_size, ...)`:
+    each process then trains on its rows of every global batch (see decomp/trainer.py)."""
     from vpd.decomp.trainer import Trainer
 
     dec = Decomposition(target, config, seed=seed, dtype=dtype, device=device)
-    trainer = Trainer(dec, train_batches, seed=seed, out_dir=out_dir, eval_batch=eval_batch, progress=progress)
+    trainer = Trainer(dec, train_batches, seed=seed, out_dir=out_dir, eval_batch=eval_batch, progress=progress,
+                      dist=dist)
     trainer.run()
     dec.history = trainer.records
     return dec

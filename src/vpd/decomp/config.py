@@ -94,12 +94,16 @@ class DecompositionConfig(_Strict):
     alive_threshold: float = Field(1e-6, ge=0, description="alive: mean CI over eval tokens above this")
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable checkpoints")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
-    world_size: int = Field(1, ge=1, description="processes; the frequency term uses it, the engine runs only 1")
+    world_size: int = Field(1, ge=1, description="processes (torchrun, one rank per process; batch_size is the global batch and must divide evenly); also scales the frequency term")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DecompositionConfig":
         if not self.matrices:
             raise ValueError("decompose.matrices must list at least one {pattern, C}")
+        for key in ("batch_size", "eval_batch_size"):
+            n = getattr(self, key)
+            if n is not None and n % self.world_size:
+                raise ValueError(f"decompose.{key} {n} does not split evenly over decompose.world_size {self.world_size}")
         return self
 
     @classmethod

@@ -64,22 +64,43 @@ def _routing(L: int, lead_shape: tuple[int, ...], generator, device) -> torch.Te
     return ranks < k
 
 
+def _mask_randomness(lead: tuple[int, ...], layout: FlatLayout, generator, device, routing: str):
+    """(r [..., ΣC], r_Δ [..., L], routed bool [..., L] or None), in a fixed draw order."""
+    r = torch.rand((*lead, layout.total), generator=generator, device=device, dtype=torch.float32)
+    dm = torch.rand((*lead, layout.L), generator=generator, device=device, dtype=torch.float32)
+    routed = _routing(layout.L, lead, generator, device) if routing == "uniform_k_subset" else None
+    return r, dm, routed
+
+
 def stochastic_masks_flat(
-    g: torch.Tensor, layout: FlatLayout, generator: Optional[torch.Generator], routing: str = "uniform_k_subset"
+    g: torch.Tensor,
+    layout: FlatLayout,
+    generator: Optional[torch.Generator] = None,
+    routing: str = "uniform_k_subset",
+    row_seeds: Optional[Sequence[int]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample of the stochastic masks from the flat CI g [..., ΣC].
 
     r ~ U(0,1) per (position, channel) and per (position, matrix) for Δ. Returns (m [..., ΣC],
     m_Δ [..., L]); with routing, unrouted (position, matrix) pairs get m = 1 and m_Δ = 1.
+    With `row_seeds` (one per row of g's first dim) row i's randomness comes from its own
+    generator seeded row_seeds[i], so a row's sample does not depend on which rows share its
+    batch (multi-process runs split batches by rows); otherwise everything comes from `generator`.
     """
-    lead = tuple(g.shape[:-1])
-    r = torch.rand(g.shape, generator=generator, device=g.device, dtype=torch.float32)
-    dm = torch.rand((*lead, layout.L), generator=generator, device=g.device, dtype=torch.float32)
-    if routing == "all":
-        return g + (1 - g) * r, dm
-    if routing != "uniform_k_subset":
+    if routing not in ("uniform_k_subset", "all"):
         raise ValueError(f"routing must be 'uniform_k_subset' or 'all', got {routing!r}")
-    routed = _routing(layout.L, lead, generator, g.device)  # [..., L]
+    lead = tuple(g.shape[:-1])
+    if row_seeds is None:
+        r, dm, routed = _mask_randomness(lead, layout, generator, g.device, routing)
+    else:
+        if len(row_seeds) != lead[0]:
+            raise ValueError(f"{len(row_seeds)} row seeds for a batch of {lead[0]} rows")
+        gen = torch.Generator(device=g.device)
+        rows = [_mask_randomness(lead[1:], layout, gen.manual_seed(int(s)), g.device, routing) for s in row_seeds]
+        r, dm = torch.stack([x[0] for x in rows]), torch.stack([x[1] for x in rows])
+        routed = torch.stack([x[2] for x in rows]) if routing == "uniform_k_subset" else None
+    if routed is None:
+        return g + (1 - g) * r, dm
     # 1 - (1-g)(1-r) on routed channels, exactly 1 elsewhere: one fused expression
     keep = routed[..., layout.chan_to_mat.to(g.device)].to(g.dtype)  # [..., ΣC]
     m = 1 - (1 - g) * (1 - r) * keep
@@ -96,11 +117,14 @@ def source_masks_flat(g: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Ten
 
 
 def stochastic_masks(
-    ci: Mapping[str, torch.Tensor], generator: Optional[torch.Generator], routing: str = "uniform_k_subset"
+    ci: Mapping[str, torch.Tensor],
+    generator: Optional[torch.Generator],
+    routing: str = "uniform_k_subset",
+    row_seeds: Optional[Sequence[int]] = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-matrix version of `stochastic_masks_flat`: ci name -> g [..., C]; returns (masks, Δ masks)."""
     layout = FlatLayout.of(ci)
-    m, dm = stochastic_masks_flat(layout.cat(ci), layout, generator, routing)
+    m, dm = stochastic_masks_flat(layout.cat(ci), layout, generator, routing, row_seeds)
     return layout.split(m), layout.split_delta(dm)
 
 

@@ -17,7 +17,9 @@ from vpd.config import ProjectConfig
 from vpd.data.tokens import TokenShard
 from vpd.decomp.api import decompose
 from vpd.utils.io import write_yaml
-from vpd.utils.runtime import configure_threads, default_device, resolve_precision, seed_everything
+from vpd.utils.distributed import init_distributed
+from vpd.utils.memory import check_memory, estimate_decomposition_bytes
+from vpd.utils.runtime import configure_threads, resolve_precision, seed_everything
 
 log = logging.getLogger("vpd")
 
@@ -29,15 +31,19 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    dcfg = cfg.decompose
+    dist = init_distributed(dcfg.world_size, "decompose.world_size")
     configure_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = default_device()
+    device = dist.device
     dtype = resolve_precision(cfg.precision, device)
-    dcfg = cfg.decompose
     target = TargetLM.from_pretrained(target_dir, map_location=device)
     seq_len = dcfg.seq_len or target.cfg.context
     if seq_len > target.cfg.context:
         raise ValueError(f"decompose.seq_len {seq_len} exceeds the target's context {target.cfg.context}")
+    check_memory(estimate_decomposition_bytes(target.cfg, dcfg, device=device, dtype=dtype), device, what="decompose",
+                 keys="decompose.batch_size, decompose.seq_len, the C values of decompose.matrices or the "
+                      "decompose.ci_fn size (or raise decompose.world_size)")
     train = TokenShard(Path(tokens_dir) / "train.bin", seq_len)
     val_path = Path(tokens_dir) / "val.bin"
     eval_shard = TokenShard(val_path, seq_len) if val_path.exists() else train
@@ -46,9 +52,11 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
     def batches(gen: torch.Generator) -> torch.Tensor:
         return train.sample_batch(dcfg.batch_size, gen)[:, :seq_len]  # [B, T]
 
-    log.info("decomposing %s (%s) into %s", target_dir, dtype, out_dir)
+    log.info("decomposing %s (%s) into %s, rank %d of %d", target_dir, dtype, out_dir, dist.rank, dist.world_size)
     dec = decompose(target, batches, dcfg, seed=cfg.seed, dtype=dtype, device=device,
-                    out_dir=out_dir, eval_batch=eval_batch)
+                    out_dir=out_dir, eval_batch=eval_batch, dist=dist)
+    if not dist.is_main:
+        return  # rank 0 writes the outputs
     dec.save(out_dir)
     write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).replace("torch.", "")})
     df = pd.DataFrame(dec.history if dec.history else [])

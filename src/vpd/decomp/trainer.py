@@ -14,6 +14,13 @@ One main step on a batch:
 Every loss term, per-matrix L0 and the number of subcomponents that fired in the logging window
 go to metrics.jsonl; a short eval (monitor.py) runs every `eval_every` steps. Checkpoints hold
 everything needed to resume bit-exactly. A non-finite loss stops the run naming step and term.
+
+Multi-process (torchrun, utils/distributed.py): each rank takes its rows of the global batch,
+the adversary keeps the sources of those rows, gradients of U, V and the CI function are
+averaged after the backward, and the adversary's source gradients are divided by the world
+size (each rank's loss averages 1/N of the tokens). Random draws are keyed by global batch row,
+so N processes reproduce one process's run. Rank 0 writes metrics and checkpoints; a
+checkpoint holds the whole batch's adversary state (gathered from the ranks).
 """
 
 from __future__ import annotations
@@ -39,14 +46,18 @@ from vpd.decomp.losses import (
 from vpd.decomp.masks import stochastic_masks_flat
 from vpd.decomp.monitor import l0_per_matrix, quick_eval
 from vpd.utils import checkpoint as ckpt
+from vpd.utils.distributed import Dist, DistributedConfigError, row_seeds
 from vpd.utils.io import MetricsLog
-from vpd.utils.runtime import require_single_process
 
 log = logging.getLogger("vpd")
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or inf; the message names the step and the term."""
+
+
+# independent random streams, each keyed by (seed, stream, step, global batch row)
+STREAM_STOCHASTIC, STREAM_ADVERSARY_INIT, STREAM_EVAL = 1, 2, 3
 
 
 class Trainer:
@@ -59,17 +70,21 @@ class Trainer:
         out_dir: Optional[str | Path] = None,
         eval_batch: Any = None,
         progress: bool = True,
+        dist: Optional[Dist] = None,
     ):
         self.dec, self.cfg, self.seed = dec, dec.config, int(seed)
-        require_single_process("decompose.world_size", self.cfg.world_size)
+        self.dist = dist or Dist()
+        if self.cfg.world_size != self.dist.world_size:
+            raise DistributedConfigError(
+                f"decompose.world_size is {self.cfg.world_size} but the trainer runs in {self.dist.world_size} process(es)"
+            )
         self.batches = train_batches
         self.callable_batches = callable(train_batches)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.records: list[dict] = []
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir else None
-        self.gen_data = torch.Generator().manual_seed(self.seed + 11)
-        self.gen_sample = torch.Generator(device=dec.device).manual_seed(self.seed + 12)
+        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl") if self.out_dir and self.dist.is_main else None
+        self.gen_data = torch.Generator().manual_seed(self.seed + 11)  # the global batch order (same on every rank)
         # foreach: one multi-tensor kernel per Adam op instead of one op per parameter
         self.opt = torch.optim.AdamW(dec.parameters(), lr=self.cfg.lr, weight_decay=0.0, foreach=True)
         self.adversary: Optional[PersistentAdversary] = None
@@ -78,19 +93,25 @@ class Trainer:
         self._iter = None
         self._consumed = 0
         self._fired = torch.zeros(dec.layout.total, dtype=torch.bool, device=dec.device)  # [ΣC]
-        self.eval_batch = eval_batch
+        self.eval_batch = self.dist.shard(eval_batch) if eval_batch is not None else None  # this rank's rows
 
     # ------------------------------------------------------------ data
     def _next_batch(self):
+        """This rank's rows of the next global batch."""
         self._consumed += 1
         if self.callable_batches:
-            return self.batches(self.gen_data)
+            return self.dist.shard(self.batches(self.gen_data))
         if self._iter is None:
             self._iter = iter(self.batches)
         try:
-            return next(self._iter)
+            return self.dist.shard(next(self._iter))
         except StopIteration:
             raise RuntimeError(f"train_batches ran out after {self._consumed - 1} batches ({self.cfg.steps} steps needed)") from None
+
+    def _row_seeds(self, stream: int, step: int, local_rows: int) -> list[int]:
+        """Seeds of this rank's rows, keyed by their global index in the batch."""
+        first = self.dist.rank * local_rows
+        return row_seeds(self.seed, stream, step, range(first, first + local_rows))
 
     def _skip_batches(self, n: int) -> None:
         if not self.callable_batches:
@@ -124,15 +145,16 @@ class Trainer:
 
     def _ensure_adversary(self, lead_shape: tuple[int, ...]) -> None:
         if self.adversary is None:
-            init = torch.Generator().manual_seed(self.seed + 13)  # independent of the sampling stream
-            self.adversary = PersistentAdversary(self.dec.layout, lead_shape, self.cfg.pgd, init, self.dec.device)
+            seeds = self._row_seeds(STREAM_ADVERSARY_INIT, 0, lead_shape[0])
+            self.adversary = PersistentAdversary(self.dec.layout, lead_shape, self.cfg.pgd, device=self.dec.device,
+                                                 row_seeds=seeds)
         if self.adversary.lead_shape != tuple(lead_shape):
             raise ValueError(
                 f"batch positions {tuple(lead_shape)} differ from the persistent adversary's {self.adversary.lead_shape}; "
                 "the persistent adversary needs a fixed batch shape"
             )
 
-    def _main_losses(self, batch, loss_vs_clean, ci_lower, ci_upper, p: float) -> dict[str, torch.Tensor]:
+    def _main_losses(self, step: int, batch, loss_vs_clean, ci_lower, ci_upper, p: float) -> dict[str, torch.Tensor]:
         """Δ-L2, minimality, and the stochastic + adversarial losses from one batched masked forward."""
         dec, cfg = self.dec, self.cfg
         terms: dict[str, torch.Tensor] = {}
@@ -142,7 +164,8 @@ class Trainer:
         )
         parts = []
         if cfg.coeffs.stochastic_recon > 0:
-            parts.append(("stochastic_recon", stochastic_masks_flat(ci_lower, dec.layout, self.gen_sample, cfg.routing)))
+            seeds = self._row_seeds(STREAM_STOCHASTIC, step, ci_lower.shape[0])
+            parts.append(("stochastic_recon", stochastic_masks_flat(ci_lower, dec.layout, None, cfg.routing, seeds)))
         if self.adv_enabled:
             parts.append(("adversarial_recon", self.adversary.masks(ci_lower, requires_grad=True)))
         if parts and torch.is_tensor(batch):
@@ -182,10 +205,11 @@ class Trainer:
             self._ensure_adversary(lead)
             with record_function("vpd.adversary_ascents"):
                 for _ in range(cfg.pgd.n_warmup_ascents):
-                    self.adversary.ascend(lambda m, d: recon(m, d, detach=True), ci_lower, adv_lr)
+                    self.adversary.ascend(lambda m, d: recon(m, d, detach=True), ci_lower, adv_lr,
+                                          grad_scale=1.0 / self.dist.world_size)
 
         with record_function("vpd.main_forward"):
-            terms = self._main_losses(batch, loss_vs_clean, ci_lower, ci_upper, p)
+            terms = self._main_losses(step, batch, loss_vs_clean, ci_lower, ci_upper, p)
         coeff = {
             "faithfulness": c.faithfulness,
             "importance_minimality": c.importance_minimality,
@@ -193,7 +217,7 @@ class Trainer:
             "adversarial_recon": c.adversarial_recon,
         }
         total = sum(coeff[k] * v for k, v in terms.items())
-        values = torch.stack([v.detach() for v in terms.values()] + [total.detach()]).tolist()
+        values = self.dist.mean_values(torch.stack([v.detach() for v in terms.values()] + [total.detach()]).tolist())
         names = list(terms) + ["total"]
         for k, v in zip(names, values):
             if not torch.isfinite(torch.tensor(v)):
@@ -205,12 +229,14 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         with record_function("vpd.main_backward"):
             total.backward()
+            self.dist.average_gradients(dec.parameters())
         with record_function("vpd.optimizer_step"):
             torch.nn.utils.clip_grad_norm_(dec.comps.component_parameters(), cfg.grad_clip_components)
             self.opt.step()
         if self.adv_enabled:
             with record_function("vpd.adversary_step"):
-                grad = self.adversary.grads(1.0 / c.adversarial_recon)  # the adversarial loss's own gradient
+                # the adversarial loss's own gradient (as a share of the global mean loss)
+                grad = self.adversary.grads(1.0 / (c.adversarial_recon * self.dist.world_size))
                 self.adversary.release()
                 self.adversary.step(grad, adv_lr)
 
@@ -218,6 +244,7 @@ class Trainer:
             active = ci_lower.detach() > 0  # [..., ΣC]
             self._fired |= active.reshape(-1, active.shape[-1]).any(0)
             l0 = l0_per_matrix(dec.layout.split(active))
+            l0 = dict(zip(l0, self.dist.mean_values(list(l0.values()))))
         rec = dict(zip(names, values))
         rec.update({"lr": lr, "adv_lr": adv_lr, "p": p})
         rec["l0_total"] = sum(l0.values())
@@ -226,6 +253,7 @@ class Trainer:
 
     # ------------------------------------------------------------ eval
     def _get_eval_batch(self):
+        """This rank's rows of the fixed eval batch."""
         if self.eval_batch is None:
             n = self.cfg.eval_batch_size or self.cfg.batch_size
             if self.callable_batches:
@@ -235,11 +263,14 @@ class Trainer:
             else:
                 # Iterable input: the first batch it yields is the fixed eval batch.
                 self.eval_batch = next(iter(self.batches))
+            self.eval_batch = self.dist.shard(self.eval_batch)  # this rank's rows
         return self.eval_batch
 
     def evaluate(self, step: int) -> dict:
         gen = torch.Generator(device=self.dec.device).manual_seed(self.seed * 1_000_003 + step)
-        rec = {"step": step, "phase": "eval", **quick_eval(self.dec, self._get_eval_batch(), gen)}
+        batch = self._get_eval_batch()
+        seeds = self._row_seeds(STREAM_EVAL, step, batch.shape[0]) if torch.is_tensor(batch) else None
+        rec = {"step": step, "phase": "eval", **quick_eval(self.dec, batch, gen, dist=self.dist, row_seeds=seeds)}
         self._log(rec)
         return rec
 
@@ -248,8 +279,16 @@ class Trainer:
         return self.out_dir / "checkpoints" if self.out_dir else None
 
     def save_checkpoint(self, steps_done: int) -> None:
+        """Rank 0 writes; every rank joins in gathering the whole batch's adversary state."""
         root = self._ckpt_root()
         if root is None:
+            return
+        adv = None
+        if self.adversary is not None:
+            adv = {k: self.dist.gather_rows(v) for k, v in self.adversary.state_tensors("adv").items()}
+        fired = self.dist.max_(self._fired.to(torch.uint8))
+        if not self.dist.is_main:
+            self.dist.barrier()
             return
         tensors: dict[str, torch.Tensor] = {}
         for m in self.dec.comps.mats:
@@ -259,21 +298,22 @@ class Trainer:
             tensors[f"ci.{k}"] = v
         opt_t, opt_meta = ckpt.optimizer_state_to_flat(self.opt, "opt")
         tensors.update(opt_t)
-        if self.adversary is not None:
-            tensors.update(self.adversary.state_tensors("adv"))
+        if adv is not None:
+            tensors.update(adv)
         rng_t, rng_meta = ckpt.rng_state()
         tensors.update(rng_t)
         tensors["rng.data"] = self.gen_data.get_state()
-        tensors["rng.sample"] = self.gen_sample.get_state()
-        tensors["fired"] = self._fired.to(torch.uint8)
+        tensors["fired"] = fired
         meta = {
             "optimizer": opt_meta,
             "rng": rng_meta,
             "adv_t": self.adversary.t if self.adversary is not None else None,
             "batches_consumed": self._consumed,
             "config": self.cfg.to_dict(),
+            "metrics": self.metrics.read() if self.metrics is not None else [],  # restored on resume
         }
         ckpt.save(root, steps_done, tensors, meta, keep=self.cfg.checkpoint_keep)
+        self.dist.barrier()  # the other ranks wait until the checkpoint is complete
 
     def try_resume(self) -> int:
         root = self._ckpt_root()
@@ -295,16 +335,17 @@ class Trainer:
         self.dec.ci_fn.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ci.")})
         ckpt.optimizer_state_from_flat(self.opt, tensors, meta["optimizer"], "opt")
         if meta["adv_t"] is not None:
-            self._ensure_adversary(tuple(tensors["adv.src"].shape[:-1]))
-            self.adversary.load_state_tensors(tensors, meta["adv_t"], "adv")
+            rows = self.dist.rows(tensors["adv.src"].shape[0])  # this rank's rows of the saved batch
+            adv = {k: v[rows] for k, v in tensors.items() if k.startswith("adv.")}
+            self._ensure_adversary(tuple(adv["adv.src"].shape[:-1]))
+            self.adversary.load_state_tensors(adv, meta["adv_t"], "adv")
         ckpt.set_rng_state(tensors, meta["rng"])
         self.gen_data.set_state(tensors["rng.data"])
-        self.gen_sample.set_state(tensors["rng.sample"])
         self._fired = tensors["fired"].bool().to(self.dec.device)
         self._skip_batches(int(meta["batches_consumed"]))
         step = int(meta["step"])
         if self.metrics is not None:
-            self.metrics.truncate_after(step - 1)
+            self.metrics.restore(meta.get("metrics", []), step - 1)
         log.info("resumed decomposition from %s at step %d", root, step)
         return step
 
@@ -327,7 +368,7 @@ class Trainer:
             done = step + 1
             if step % cfg.log_every == 0 or done == cfg.steps:
                 rec = {"step": step, "phase": "train", **rec}
-                rec["fired_total"] = int(self._fired.sum())
+                rec["fired_total"] = int(self.dist.max_(self._fired.to(torch.uint8)).sum())  # fired on any rank
                 self._fired.zero_()
                 self._log(rec)
                 bar.set_postfix(

@@ -15,7 +15,9 @@ import pandas as pd
 from vpd.config import ProjectConfig
 from vpd.target.train import train_target
 from vpd.utils.io import read_json, write_bytes, write_yaml
-from vpd.utils.runtime import default_device, log, resolve_precision, reuse_freed_memory
+from vpd.utils.distributed import init_distributed
+from vpd.utils.memory import check_memory, estimate_target_training_bytes
+from vpd.utils.runtime import log, resolve_precision, reuse_freed_memory
 
 INPUT_FILES = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
 
@@ -44,7 +46,8 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
     check_inputs(cfg, tokens_dir)
-    device = default_device()
+    dist = init_distributed(cfg.target.train.world_size, "target.train.world_size")
+    device = dist.device
     if device.type == "cpu":
         reuse_freed_memory()  # no page faults on the per-step activations (~10% of a step)
     dtype = resolve_precision(cfg.precision, device)
@@ -53,12 +56,15 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
         "target: %d layers, d_model %d, %d steps x %d x %d tokens, %s on %s",
         mcfg.n_layer, mcfg.d_model, tcfg.steps, tcfg.batch_size, mcfg.context, dtype, device,
     )
+    check_memory(estimate_target_training_bytes(mcfg, tcfg, device=device), device, what="train_target",
+                 keys="target.train.batch_size, target.model.context or the target.model size "
+                      "(or raise target.train.world_size)")
     result = train_target(
         mcfg, tcfg, tokens_dir / "train.bin", tokens_dir / "val.bin", out_dir,
-        seed=cfg.seed, device=device, dtype=dtype, stop_after=stop_after,
+        seed=cfg.seed, device=device, dtype=dtype, stop_after=stop_after, dist=dist,
     )
-    if not result.finished:
-        return
+    if not result.finished or not dist.is_main:
+        return  # rank 0 writes the outputs
 
     # curve.csv and metrics.jsonl are already complete; add the model, tokenizer and figure.
     model = result.model

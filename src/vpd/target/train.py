@@ -8,6 +8,11 @@ Determinism: the weights, the optimiser moments, every RNG and the data generato
 each checkpoint, and the validation windows are fixed, so a run resumed from a checkpoint ends
 with bitwise the same weights, `curve.csv` and `metrics.jsonl` (timing fields aside) as one that
 was never interrupted.
+
+Multi-process (torchrun): the model is wrapped in DistributedDataParallel; every rank draws the
+same global batch and trains on its own rows (so the data order does not depend on the world
+size), DDP averages the gradients, the validation CE sums over every rank's share of the fixed
+windows, and only rank 0 writes files and shows the progress bar.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from vpd.data.tokens import TokenShard
 from vpd.target.model import TargetLM
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.io import MetricsLog, write_text
-from vpd.utils.runtime import autocast, log, require_single_process, seed_everything
+from vpd.utils.distributed import Dist
+from vpd.utils.runtime import autocast, log, seed_everything
 
 CURVE_COLUMNS = ("step", "tokens", "flops", "val_ce")
 # Config keys that may change between a checkpoint and its resumption without changing results.
@@ -70,18 +76,26 @@ def lm_loss(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device, dtype: torch.dtype
+    model: nn.Module,
+    windows: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    dist: Dist | None = None,
 ) -> float:
-    """Mean CE over every predicted token of the fixed windows [N, T+1]."""
+    """Mean CE over every predicted token of the fixed windows [N, T+1] (split over ranks)."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
+    mine = dist.shard(windows, even=False)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
         n = chunk.shape[0] * (chunk.shape[1] - 1)
         total += lm_loss(model, chunk, device, dtype).item() * n
         count += n
     model.train(was_training)
+    total, count = dist.sum_(torch.tensor([total, float(count)], dtype=torch.float64, device=device)).tolist()
     return total / count
 
 
@@ -101,20 +115,16 @@ def curve_steps(tcfg: TargetTrainConfig) -> list[int]:
     return [s for s in range(tcfg.steps + 1) if is_eval_step(s, tcfg)]
 
 
-# ---------------------------------------------------------------- distributed (single process now)
-def setup_distributed(tcfg: TargetTrainConfig) -> tuple[int, int]:
-    """(rank, world_size). Multi-process training would initialise torch.distributed here."""
-    require_single_process("target.train.world_size", tcfg.world_size)
-    return 0, 1
+# ---------------------------------------------------------------- distributed
+def wrap_model(model: nn.Module, dist: Dist) -> nn.Module:
+    """DistributedDataParallel around the model when there are several ranks (gradients are
+    averaged during the backward); the model itself with one process."""
+    if not dist.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
 
-
-def wrap_model(model: nn.Module, world_size: int) -> nn.Module:
-    """The one place where DistributedDataParallel would wrap the model (world_size > 1).
-
-    With DDP: each rank draws batch_size // world_size windows from a generator seeded with
-    (seed, rank), gradients are averaged by DDP, and only rank 0 evaluates and writes files.
-    """
-    return model
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 # ---------------------------------------------------------------- the loop
@@ -143,6 +153,7 @@ def train_target(
     device: torch.device,
     dtype: torch.dtype,
     stop_after: int | None = None,
+    dist: Dist | None = None,
 ) -> TrainResult:
     """Train (or resume) the target; writes checkpoints/, metrics.jsonl and curve.csv in out_dir.
 
@@ -151,15 +162,17 @@ def train_target(
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    dist = dist or Dist()
+    if dist.world_size != tcfg.world_size:
+        raise ValueError(f"target.train.world_size is {tcfg.world_size} but training runs in {dist.world_size} process(es)")
+    metrics = MetricsLog(out_dir / "metrics.jsonl") if dist.is_main else None
     curve_path = out_dir / "curve.csv"
-    rank, world_size = setup_distributed(tcfg)
     signature = _resume_signature(mcfg, tcfg, seed, str(dtype).removeprefix("torch."))
 
     seed_everything(seed)
     model = TargetLM(mcfg).to(device)
     opt = build_optimizer(model, tcfg)
-    ddp_model = wrap_model(model, world_size)
+    ddp_model = wrap_model(model, dist)
     train_shard = TokenShard(train_bin, mcfg.context)
     val_windows = TokenShard(val_bin, mcfg.context).eval_windows(tcfg.eval_sequences)  # [N, T+1]
     data_gen = torch.Generator().manual_seed(seed)  # the training data order
@@ -181,15 +194,19 @@ def train_target(
         ckpt.set_rng_state(tensors, meta["rng"])
         data_gen.set_state(tensors["rng.data"])
         step, curve = meta["step"], meta["curve"]
-        metrics.truncate_after(step)
-        write_text(curve_path, format_curve(curve))
+        if dist.is_main:
+            metrics.truncate_after(step)
+            write_text(curve_path, format_curve(curve))
         log.info("resumed target training from %s at step %d", ckpt_dir, step)
-    elif metrics.path.exists():
+    elif dist.is_main and metrics.path.exists():
         metrics.path.unlink()  # a run that died before its first checkpoint: start the log over
 
     def save_checkpoint() -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise TrainingDivergedError(f"weights became non-finite by step {step}; no checkpoint written")
+        if not dist.is_main:
+            dist.barrier()
+            return
         opt_tensors, opt_meta = ckpt.optimizer_state_to_flat(opt, "opt")
         rng_tensors, rng_meta = ckpt.rng_state()
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -198,21 +215,27 @@ def train_target(
         tensors["rng.data"] = data_gen.get_state()
         meta = {"signature": signature, "optimizer": opt_meta, "rng": rng_meta, "curve": curve}
         ckpt.save(ckpt_dir, step, tensors, meta)
+        dist.barrier()  # the other ranks wait until the checkpoint is complete
 
     def eval_point() -> float:
-        val_ce = evaluate(model, val_windows, tcfg.batch_size, device, dtype)
+        val_ce = evaluate(model, val_windows, tcfg.batch_size, device, dtype, dist)
         tokens = step * tokens_per_step
         curve.append({"step": step, "tokens": tokens, "flops": tokens * flops_per_token, "val_ce": val_ce})
-        write_text(curve_path, format_curve(curve))
+        if dist.is_main:
+            write_text(curve_path, format_curve(curve))
         return val_ce
 
+    def log_record(record: dict) -> None:
+        if dist.is_main:
+            metrics.log(record)
+
     if step == 0:
-        metrics.log({"step": 0, "tokens": 0, "val_ce": eval_point()})
+        log_record({"step": 0, "tokens": 0, "val_ce": eval_point()})
 
     # ------------------------------------------------------------ train
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    bar = tqdm(total=tcfg.steps, initial=step, desc="target", unit="step", dynamic_ncols=True, disable=rank != 0)
+    bar = tqdm(total=tcfg.steps, initial=step, desc="target", unit="step", dynamic_ncols=True, disable=not dist.is_main)
     try:
         while step < tcfg.steps:
             if stop_after is not None and step >= stop_after:
@@ -221,11 +244,12 @@ def train_target(
             lr = lr_at(step, tcfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = train_shard.sample_batch(tcfg.batch_size, data_gen)  # [B, T+1]
+            batch = dist.shard(train_shard.sample_batch(tcfg.batch_size, data_gen))  # this rank's rows [B/N, T+1]
             loss = lm_loss(ddp_model, batch, device, dtype)
-            if not torch.isfinite(loss):
+            (mean_loss,) = dist.mean_values([loss.item()])  # every rank sees the same value, so all stop together
+            if not math.isfinite(mean_loss):
                 raise TrainingDivergedError(
-                    f"training loss is {loss.item()} at step {step + 1}; last good checkpoint: "
+                    f"training loss is {mean_loss} at step {step + 1}; last good checkpoint: "
                     f"{_latest_name(ckpt_dir)}. Lower target.train.lr or raise warmup_steps, then rerun"
                 )
             opt.zero_grad(set_to_none=True)
@@ -243,7 +267,7 @@ def train_target(
                 "step": step,
                 "tokens": step * tokens_per_step,
                 "lr": lr,
-                "loss": loss.item(),
+                "loss": mean_loss,
                 "grad_norm": grad_norm.item(),
                 "tokens_per_s": tokens_per_step / elapsed,
             }
@@ -252,7 +276,7 @@ def train_target(
                 bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{record['val_ce']:.3f}", refresh=False)
             elif step % 10 == 0:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
-            metrics.log(record)
+            log_record(record)
             if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
                 save_checkpoint()
             bar.update(1)

@@ -119,7 +119,11 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Keep only records with `step` <= the given step (records without a step are kept)."""
-        if not self.path.exists():
-            return
-        kept = [r for r in self.read() if r.get("step", -1) <= step]
+        if self.path.exists():
+            self.restore(self.read(), step)
+
+    def restore(self, records: list[dict[str, Any]], step: int) -> None:
+        """Rewrite the log as `records` up to `step`: a resumed run's history kept in its checkpoint
+        (the file itself may be gone, e.g. Snakemake deletes a rerun job's outputs)."""
+        kept = [r for r in records if r.get("step", -1) <= step]
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))

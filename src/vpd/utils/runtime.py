@@ -15,6 +15,9 @@ log = logging.getLogger("vpd")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr; under torchrun only rank 0 logs below WARNING."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        level = max(level, logging.WARNING)
     if not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -28,19 +31,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class MultiProcessUnsupported(ValueError, NotImplementedError):
-    """A config asks for world_size > 1; training stages run one process (no torchrun/DDP yet)."""
-
-
-def require_single_process(key: str, world_size: int) -> None:
-    """Refuse world_size > 1 up front, naming the config key, instead of silently running one process."""
-    if world_size > 1:
-        raise MultiProcessUnsupported(
-            f"{key} is {world_size}, but this stage runs one process (torchrun/DDP is not implemented yet); "
-            f"set {key}: 1"
-        )
-
-
 def start_stage(seed: int, out_dir) -> "Path":
     """Create a stage's output directory and seed every RNG; returns the directory as a Path."""
     from pathlib import Path
@@ -52,9 +42,12 @@ def start_stage(seed: int, out_dir) -> "Path":
 
 
 def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads (None: all cores this process may use)."""
-    n = threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (threads or os.cpu_count() or 1)
-    torch.set_num_threads(max(1, int(n)))
+    """Set torch's intra-op threads. None: the cores this process may use, shared evenly by the
+    processes torchrun started on this machine (LOCAL_WORLD_SIZE), so ranks do not oversubscribe."""
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, int(threads)))
     return torch.get_num_threads()
 
 
