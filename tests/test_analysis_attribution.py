@@ -1,6 +1,7 @@
 """Attribution graphs: edges equal the analytic gradient x activation x CI on a hand-built linear
 model; the JSON has circuit-tracer's shape; pruning keeps the target logit under CI masks; the
-graph forward equals the engine's CI-masked forward on a real TargetLM."""
+graph forward equals the engine's CI-masked forward on a real TargetLM; the pruning objective's
+attack stays on its surface in [0, 1] and gives the CI the analytic gradient (1 - r) dCE/dm."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn as nn
 
 from vpd.analysis.attribution import attribution_graph, graph_to_json
 from vpd.analysis.graph_config import AttributionConfig, PruneVariant
-from vpd.analysis.pruning import prune_prompt, score_prompt
+from vpd.analysis.pruning import PromptObjective, prune_prompt, score_prompt
 from vpd.config import TargetModelConfig
 from vpd.decomp import Decomposition, DecompositionConfig
 from vpd.target.model import TargetLM
@@ -141,5 +142,70 @@ def test_pruning_keeps_target_under_ci_masks_and_removes_nodes():
     masked = dec.masked_forward(ids, res.ci, None)[0, -1]
     assert int(masked.argmax()) == tok
     assert scores.p_ci >= scores.p_target - 0.05
-    assert 0 <= scores.p_adversarial <= 1 and 0 <= scores.p_stochastic <= 1
+    assert 0 <= scores.p_adversarial <= 1 and 0 <= scores.p_stochastic <= 1 and 0 <= scores.p_adversarial_all <= 1
     assert res.history[0]["n_nodes"] == total and res.history[-1]["n_nodes"] == scores.n_nodes
+
+
+def test_adversarial_term_gives_ci_the_analytic_gradient_one_minus_source():
+    """m = g + (1-g) r: dCE/dg = (1 - r) dCE/dm, zero exactly where the attack switched a node fully on."""
+    dec, x, ci, (V1, U1, V2, U2) = _hand_built()
+    k, last = 2, x.shape[1] - 1
+    obj = PromptObjective(dec, x, k, "ce")
+    g = dec.layout.cat(ci).clone().requires_grad_(True)  # [1, T, 6], l1 then l2
+    src = torch.rand(1, 2, 6 + 2, generator=torch.Generator().manual_seed(1))
+    src[0, last, 3] = 1.0  # l2 channel 0 fully on at the last position
+    obj.recon(obj.logits_sources(g, src)).backward()
+    r1, r2, rd1, rd2 = src[0, last, :3], src[0, last, 3:6], src[0, last, 6], src[0, last, 7]
+    m1 = ci["l1"][0, last] + (1 - ci["l1"][0, last]) * r1
+    m2 = ci["l2"][0, last] + (1 - ci["l2"][0, last]) * r2
+    D1, D2 = dec.delta("l1").float(), dec.delta("l2").float()  # [d_out, d_in]
+    xl = x[0, last]
+    a1 = xl @ V1
+    y1 = (a1 * m1) @ U1 + rd1 * (xl @ D1.T)
+    a2 = y1 @ V2
+    y2 = (a2 * m2) @ U2 + rd2 * (y1 @ D2.T)
+    e = torch.softmax(y2, -1) - torch.nn.functional.one_hot(torch.tensor(k), y2.shape[-1]).float()  # dCE/dy2
+    dm2 = a2 * (U2 @ e)
+    dy1 = V2 @ (m2 * (U2 @ e)) + rd2 * (e @ D2)
+    dm1 = a1 * (U1 @ dy1)
+    expected = torch.cat([(1 - r1) * dm1, (1 - r2) * dm2])
+    assert torch.allclose(g.grad[0, last], expected, atol=1e-5)
+    assert g.grad[0, last, 3] == 0 and (g.grad[0, last, [0, 1, 2, 4, 5]].abs() > 0).all()
+    assert torch.all(g.grad[0, :last] == 0)  # no mixing across positions in this model
+
+
+def test_attack_sources_stay_on_the_surface_in_unit_interval_and_persist():
+    dec = _tiny_lm(2)
+    ids = torch.tensor([[5, 17, 42, 7]])
+    n, L = dec.layout.total, dec.layout.L
+    surface = torch.rand(1, 4, n, generator=torch.Generator().manual_seed(0)) > 0.5
+    obj = PromptObjective(dec, ids, 3, "ce", surface)
+    g = torch.rand(1, 4, n, generator=torch.Generator().manual_seed(1)) * surface
+    gen = torch.Generator().manual_seed(2)
+    src = obj.attack(g, 3, 0.7, gen)  # big steps: most sources hit a clamp
+    again = obj.attack(g, 3, 0.7, gen, src)  # a persistent continuation
+    for s in (src, again):
+        assert s.shape == (1, 4, n + L) and s.min() >= 0 and s.max() <= 1
+        assert torch.all(s[..., :n][~surface] == 0)  # off the surface: ablated
+        assert (s[..., n:] > 0).any()  # the Δ channels are always attacked
+    assert ((src == 0) | (src == 1)).float().mean() > 0.5
+    assert torch.equal(obj.attack(g, 0, 0.7, gen, src), src)  # 0 steps: the persistent sources unchanged
+    # the attack raises the CE it ascends
+    fresh = obj.init_sources(g, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert obj.recon(obj.logits_sources(g, again)) > obj.recon(obj.logits_sources(g, fresh))
+
+
+def test_adversarial_pruning_keeps_nodes_within_the_active_set():
+    dec = _tiny_lm(1)
+    ids = torch.tensor([[5, 17, 42, 7]])
+    tok = int(dec.target_forward(ids)[0, -1].argmax())
+    cfg = AttributionConfig(steps=8, stochastic_samples=1, pgd_steps=2, eval_stochastic_samples=2, eval_pgd_restarts=1,
+                            eval_pgd_steps=2)
+    gen = torch.Generator().manual_seed(0)
+    ci_upper = {n: torch.rand(1, 4, c, generator=gen) * (torch.rand(1, 4, c, generator=gen) > 0.6) for n, c in dec.C.items()}
+    variant = PruneVariant(stochastic=1.0, adversarial=1.0, minimality_scale=0.5)
+    res = prune_prompt(dec, ids, tok, variant, cfg, gen, ci_upper=ci_upper)
+    for n in dec.names:
+        assert torch.all(res.ci[n][ci_upper[n] == 0] == 0)
+    assert "adversarial" in res.history[-1] and res.history[0]["n_nodes"] == sum(int((v > 0).sum()) for v in ci_upper.values())

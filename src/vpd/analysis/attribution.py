@@ -310,7 +310,9 @@ def run_attribution(cfg, target_dir, decomposition_dir, out_dir) -> None:
             info = {"variant": vname, "scores": scores.as_dict(), "unpruned": base.as_dict(),
                     "paper": PAPER_GRAPHS.get((prompt.name, vname), {}), **tokenization,
                     "objective": {**variant.model_dump(), "loss": acfg.loss, "minimality_coeff": acfg.minimality_coeff,
-                                  "p": acfg.p, "steps": acfg.steps}}
+                                  "p": acfg.p, "steps": acfg.steps, "pgd_steps": acfg.pgd_steps,
+                                  "pgd_step_size": acfg.pgd_step_size, "pgd_persistent": acfg.pgd_persistent,
+                                  "attack_surface": acfg.attack_surface}}
             data = graph_to_json(graph, slug=f"{cfg.name}-{stem}", prompt=prompt.text, token_strings=pieces,
                                  target_string=target_piece, subcomponent_name=dec.subcomponent_name, info=info)
             write_json(out_dir / f"{stem}.json", data)

@@ -31,7 +31,8 @@ class PruneVariant(_Strict):
 
     ci_masked: float = Field(0.0, ge=0, description="loss with the CIs themselves as masks (m = g, Δ dropped)")
     stochastic: float = Field(0.0, ge=0, description="loss under stochastic masks m = g + (1-g) r (all matrices, Δ dropped)")
-    adversarial: float = Field(0.0, ge=0, description="loss under masks from a fresh per-step PGD attack on the sources (Δ included)")
+    adversarial: float = Field(0.0, ge=0, description="loss under masks from the PGD attack on the sources (Δ included; see pgd_persistent, attack_surface)")
+    minimality_scale: float = Field(1.0, ge=0, description="this variant's minimality weight is minimality_scale x minimality_coeff")
 
     @model_validator(mode="after")
     def _some(self) -> "PruneVariant":
@@ -50,7 +51,7 @@ def _default_prompts() -> list[PromptSpec]:
 
 def _default_variants() -> dict[str, PruneVariant]:
     return {
-        "adversarial": PruneVariant(stochastic=1.0, adversarial=1.0),
+        "adversarial": PruneVariant(stochastic=1.0, adversarial=1.0, minimality_scale=0.5),
         "ci_only": PruneVariant(ci_masked=1.0),
     }
 
@@ -70,14 +71,24 @@ class AttributionConfig(_Strict):
     )
     steps: int = Field(300, ge=1, description="Adam steps re-optimising the CI pre-activations of one prompt")
     lr: float = Field(0.05, gt=0, description="Adam learning rate of the CI pre-activations")
-    minimality_coeff: float = Field(0.01, ge=0, description="weight of the minimality term sum_(t,c) (g_upper + eps)^p")
+    minimality_coeff: float = Field(0.01, ge=0, description="weight of the minimality term sum_(t,c) (g_upper + eps)^p over the decomposition's active nodes")
     p: float = Field(0.5, gt=0, le=2, description="exponent of the minimality term")
     leaky_alpha: float = Field(0.01, ge=0, description="leak of the hard-sigmoid readouts (as in decompose.leaky_alpha)")
     stochastic_samples: int = Field(4, ge=1, description="stochastic mask samples per pruning step")
     pgd_steps: int = Field(4, ge=1, description="sign-ascent steps of the attack inside each pruning step")
     pgd_step_size: float = Field(0.2, gt=0, description="sign-ascent step of the attack inside the pruning objective")
+    pgd_persistent: bool = Field(
+        True, description="keep the objective's attack sources across pruning steps (pgd_steps more ascent steps each "
+        "pruning step) instead of a fresh U(0,1) start every step")
+    attack_surface: str = Field(
+        "alive", pattern="^(alive|all)$",
+        description="subcomponents the attack sources may move (objective and scoring; Δ always): 'alive' = those with "
+        "CI > 0 on the prompt under the decomposition (the unpruned graph's nodes; the rest stay ablated, as in the paper's "
+        "code), 'all' = every subcomponent. graphs.csv always also reports p_adversarial_all (the 'all' attack)")
     eval_stochastic_samples: int = Field(64, ge=1, description="stochastic samples averaged for P(target) under stochastic masks")
-    eval_pgd_steps: int = Field(20, ge=1, description="steps of the fresh PGD attack that scores each pruned graph")
+    eval_pgd_steps: int = Field(
+        20, ge=1, description="steps of the fresh per-position PGD attack (Δ included) that scores each pruned graph, "
+        "on attack_surface plus the graph's own nodes (p_adversarial) and on every subcomponent (p_adversarial_all)")
     eval_pgd_step_size: float = Field(0.1, gt=0, description="sign-ascent step of the scoring attack")
     eval_pgd_restarts: int = Field(4, ge=1, description="random restarts of the scoring attack; the worst case is reported")
     figure_links: int = Field(300, ge=1, description="strongest links drawn in each graph figure")
