@@ -115,26 +115,27 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 1.5) -> float:
 
 
 # ---------------------------------------------------------------- one precision, in-process
-def run_one(precision: str, steps: int, warmup: int, threads: int, profile: bool) -> dict:
+def run_one(precision: str, steps: int, warmup: int, threads: int, profile: bool, fused: bool = True) -> dict:
     from vpd.config import TargetModelConfig
     from vpd.decomp import Decomposition, DecompositionConfig
     from vpd.decomp.trainer import Trainer
     from vpd.target.model import TargetLM
-    from vpd.utils.runtime import autocast
+    from vpd.utils.runtime import autocast, reuse_freed_memory
 
+    reuse_freed_memory()  # as the decompose stage does
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     device = torch.device("cpu")
     target = TargetLM(TargetModelConfig(**BENCH_TARGET))
-    cfg = DecompositionConfig.from_dict({**BENCH_CONFIG, "steps": 1500})
+    cfg = DecompositionConfig.from_dict({**BENCH_CONFIG, "steps": 1500, "fused_kernels": fused})
     dec = Decomposition(target, cfg, seed=0, dtype=dtype, device=device)
 
     def batches(g):
         return torch.randint(0, BENCH_TARGET["vocab_size"], (BATCH, SEQ), generator=g)
 
     trainer = Trainer(dec, batches, seed=0, progress=False)
-    times = []
+    times = []  # the first (warm-up) steps include compiling the fused kernels
     for i in range(warmup + steps):
         b = trainer._next_batch()
         t0 = time.perf_counter()
@@ -173,6 +174,7 @@ def run_one(precision: str, steps: int, warmup: int, threads: int, profile: bool
     peak = matmul_peak(dtype)
     return {
         "precision": precision,
+        "fused_kernels": fused,
         "threads": threads,
         "sec_per_step": step_s,
         "tokens_per_s": BATCH * SEQ / step_s,
@@ -245,6 +247,7 @@ def scaling(precisions: list[str], nprocs: list[int], steps: int, warmup: int, t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16")
+    ap.add_argument("--fused", default="on", help="comma list of on, off: decompose.fused_kernels")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
@@ -268,17 +271,18 @@ def main() -> None:
             write_json(args.out, rows)
         return
     if args.child:
-        print(json.dumps(run_one(precisions[0], args.steps, args.warmup, args.threads, args.profile)))
+        print(json.dumps(run_one(precisions[0], args.steps, args.warmup, args.threads, args.profile,
+                                 fused=args.fused.split(",")[0] == "on")))
         return
     results = []
-    for p in precisions:
-        cmd = [sys.executable, __file__, "--child", "--precision", p, "--steps", str(args.steps),
+    for p, f in [(p, f) for p in precisions for f in args.fused.split(",")]:
+        cmd = [sys.executable, __file__, "--child", "--precision", p, "--fused", f, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--profile"] if args.profile else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         res = json.loads(out.strip().splitlines()[-1])
         results.append(res)
         top = res["profile_s"].pop("top_ops") if res.get("profile_s") else None
-        print(f"\n== {p}: {res['sec_per_step']:.3f} s/step, {res['tokens_per_s']:.0f} tok/s, "
+        print(f"\n== {p}, fused kernels {f}: {res['sec_per_step']:.3f} s/step, {res['tokens_per_s']:.0f} tok/s, "
               f"peak RSS {res['peak_rss_gb']:.2f} GB, {res['x_target_step']:.1f}x target step "
               f"({res['target_step_s'] * 1e3:.1f} ms), {res['achieved_gflops']:.0f} GFLOP/s of "
               f"{res['matmul_peak_gflops']:.0f} peak ({100 * res['fraction_of_peak']:.0f}%), "
@@ -288,10 +292,10 @@ def main() -> None:
                 print(f"   {k:28s} {v:.3f} s")
         if top:
             print(top)
-    print("\n| precision | s/step | tokens/s | peak RSS GB | x target step | GFLOP/step | GFLOP/s | matmul peak | % peak |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| precision | fused | s/step | tokens/s | peak RSS GB | x target step | GFLOP/step | GFLOP/s | matmul peak | % peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['precision']} | {r['sec_per_step']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gb']:.2f} | "
+        print(f"| {r['precision']} | {'on' if r['fused_kernels'] else 'off'} | {r['sec_per_step']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gb']:.2f} | "
               f"{r['x_target_step']:.1f} | {r['gflop_per_step']:.1f} | {r['achieved_gflops']:.0f} | "
               f"{r['matmul_peak_gflops']:.0f} | {100 * r['fraction_of_peak']:.0f}% |")
     if args.out:

@@ -23,7 +23,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 
 from vpd.decomp.config import PGDConfig
-from vpd.decomp.masks import FlatLayout, source_masks_flat
+from vpd.decomp import fused
+from vpd.decomp.masks import FlatLayout, source_mask, source_masks_flat
 from vpd.utils.distributed import Dist, rand_rows
 
 # loss_fn(flat masks [..., ΣC], flat Δ masks [..., L]) -> scalar reconstruction loss
@@ -87,7 +88,7 @@ class PersistentAdversary:
             s.requires_grad_(requires_grad)
             s.grad = None
         sc, sd = self.src
-        return ci + (1 - ci) * sc, sd
+        return source_mask(ci, sc), sd
 
     def ascend(self, loss_fn: MaskedLossFn, ci: torch.Tensor, lr: float, grad_scale: float = 1.0) -> float:
         """One warm-up ascent: gradient of loss_fn w.r.t. the sources only (times grad_scale),
@@ -115,6 +116,13 @@ class PersistentAdversary:
         n = self.layout.total
         if torch.is_tensor(grad):
             grad = [grad[..., :n], grad[..., n:]]
+        if fused.enabled():
+            like = self.src[0]
+            consts = [fused.scalar(x, like) for x in (b1, b2, lr / bc1, bc2, self.cfg.eps)]
+            for i, g in enumerate(grad):
+                self.src[i], self.m[i], self.v[i] = fused.adam_ascent(
+                    self.src[i], self.m[i], self.v[i], g.float().contiguous(), *consts)
+            return
         for src, m, v, g in zip(self.src, self.m, self.v, (gr.float() for gr in grad)):
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vpd.decomp.config import CIFunctionConfig
-from vpd.decomp.sigmoids import lower_leaky, upper_leaky
+from vpd.decomp.sigmoids import lower_and_upper_leaky
 
 
 def _rope(T: int, head_dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,4 +114,4 @@ def build_ci_function(d_in: Mapping[str, int], C: Mapping[str, int], cfg: CIFunc
 
 def readouts(z: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(lower-leaky CI for masks, upper-leaky CI for minimality), both [..., ΣC] fp32."""
-    return lower_leaky(z, alpha), upper_leaky(z, alpha)
+    return lower_and_upper_leaky(z, alpha)

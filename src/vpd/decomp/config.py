@@ -94,6 +94,10 @@ class DecompositionConfig(_Strict):
     alive_threshold: float = Field(1e-6, ge=0, description="alive: mean CI over eval tokens above this")
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable checkpoints")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    fused_kernels: bool = Field(
+        False, description="compile the elementwise work over the [B, T, ΣC] tensors into fused kernels (torch.compile; "
+        "about 20-40 s of compiling at the start, then faster steps; falls back to eager if compiling fails)"
+    )
     world_size: int = Field(1, ge=1, description="processes (torchrun, one rank per process; batch_size is the global batch and must divide evenly); also scales the frequency term")
 
     @model_validator(mode="after")

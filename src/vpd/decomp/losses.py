@@ -12,6 +12,8 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
+from vpd.decomp import fused
+
 
 def faithfulness_loss(deltas: Iterable[torch.Tensor]) -> torch.Tensor:
     """Mean of Δ^2 over all decomposed parameters (all matrices pooled)."""
@@ -35,14 +37,23 @@ class _PowSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g: torch.Tensor, p: float, eps: float) -> torch.Tensor:
+        ctx.p = p
+        if fused.enabled():  # one kernel each way; the backward recomputes the power
+            pe = (fused.scalar(p, g), fused.scalar(eps, g))
+            ctx.save_for_backward(g, *pe)
+            ctx.fused = True
+            return fused.pow_sum(g, *pe)
+        ctx.fused = False
         base = g + eps
         y = base.pow(p)
         ctx.save_for_backward(base, y)
-        ctx.p = p
         return y.sum(0)  # [C]
 
     @staticmethod
     def backward(ctx, grad_s: torch.Tensor):
+        if ctx.fused:
+            g, p, eps = ctx.saved_tensors
+            return fused.pow_sum_backward(g, p, eps, grad_s.contiguous()), None, None
         base, y = ctx.saved_tensors
         return (y / base).mul_(grad_s * ctx.p), None, None
 

@@ -1,7 +1,8 @@
 """Masks from causal importances: stochastic sampling with k-subset routing, and source masks.
 
 A mask interpolates between the CI g and 1 with a source r in [0, 1]: m = g + (1 - g) r; the Δ
-channel takes m_Δ = r_Δ directly (its CI is 0). Routing decides per position which matrices use
+channel takes m_Δ = r_Δ directly (its CI is 0). Stochastic masks draw r ~ U(0, 1); the
+adversary's r are its sources. Routing decides per position which matrices use
 components at all; an unrouted matrix uses its original W, which the masked forward reproduces
 exactly with m = 1 and m_Δ = 1 (components.py), so routing is folded into the masks here.
 
@@ -12,9 +13,13 @@ The Δ masks of all matrices form one tensor [..., L].
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Optional, Sequence
 
 import torch
+
+from vpd.decomp import fused
 
 
 class FlatLayout:
@@ -25,8 +30,6 @@ class FlatLayout:
         self.C = [int(c) for c in C]
         self.total = sum(self.C)
         self.L = len(self.names)
-        # channel -> index of its matrix, for expanding per-matrix routing to channels
-        self.chan_to_mat = torch.repeat_interleave(torch.arange(self.L), torch.tensor(self.C))
 
     @classmethod
     def of(cls, tensors: Mapping[str, torch.Tensor]) -> "FlatLayout":
@@ -72,6 +75,11 @@ def _mask_randomness(lead: tuple[int, ...], layout: FlatLayout, generator, devic
     return r, dm, routed
 
 
+@functools.lru_cache(maxsize=1)
+def _row_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="vpd-noise")
+
+
 def stochastic_masks_flat(
     g: torch.Tensor,
     layout: FlatLayout,
@@ -95,23 +103,62 @@ def stochastic_masks_flat(
     else:
         if len(row_seeds) != lead[0]:
             raise ValueError(f"{len(row_seeds)} row seeds for a batch of {lead[0]} rows")
-        gen = torch.Generator(device=g.device)
-        rows = [_mask_randomness(lead[1:], layout, gen.manual_seed(int(s)), g.device, routing) for s in row_seeds]
-        r, dm = torch.stack([x[0] for x in rows]), torch.stack([x[1] for x in rows])
-        routed = torch.stack([x[2] for x in rows]) if routing == "uniform_k_subset" else None
-    if routed is None:
-        return g + (1 - g) * r, dm
-    # 1 - (1-g)(1-r) on routed channels, exactly 1 elsewhere: one fused expression
-    keep = routed[..., layout.chan_to_mat.to(g.device)].to(g.dtype)  # [..., ΣC]
-    m = 1 - (1 - g) * (1 - r) * keep
-    dm = torch.where(routed, dm, torch.ones_like(dm))
-    return m, dm
+        # filled row by row in place (no stacked copy of the [..., ΣC] noise); CPU draws are
+        # serial per generator, so rows are drawn on two threads (each row has its own generator,
+        # so the values do not depend on the threading)
+        r = torch.empty((*lead, layout.total), device=g.device, dtype=torch.float32)
+        dm = torch.empty((*lead, layout.L), device=g.device, dtype=torch.float32)
+        routed = torch.empty((*lead, layout.L), device=g.device, dtype=torch.bool) if routing == "uniform_k_subset" else None
+
+        def draw_row(i: int) -> None:
+            gen = torch.Generator(device=g.device).manual_seed(int(row_seeds[i]))
+            r[i].uniform_(generator=gen)
+            dm[i].uniform_(generator=gen)
+            if routed is not None:
+                routed[i] = _routing(layout.L, lead[1:], gen, g.device)
+
+        if g.device.type == "cpu" and lead[0] > 1:
+            list(_row_pool().map(draw_row, range(lead[0])))
+        else:
+            for i in range(lead[0]):
+                draw_row(i)
+    if routed is not None:
+        # unrouted (position, matrix) pairs: source 1, so m = 1 and m_Δ = 1 exactly (per matrix,
+        # in place on broadcast views: no [..., ΣC] routing tensor is built)
+        for i, noise in enumerate(r.split(layout.C, dim=-1)):
+            noise.masked_fill_(~routed[..., i : i + 1], 1.0)
+        dm = dm.masked_fill_(~routed, 1.0)
+    return source_mask(g, r), dm
+
+
+class _SourceMask(torch.autograd.Function):
+    """m = g + (1 - g) s, forward and backward each one fused kernel (fused.py)."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, s)
+        return fused.source_mask(g, s)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        g, s = ctx.saved_tensors
+        need_g, need_s = ctx.needs_input_grad
+        grad = grad.contiguous()
+        if need_g:
+            dg, ds = fused.source_mask_backward(g, s, grad)
+            return dg, (ds if need_s else None)
+        return None, (fused.source_mask_backward_s(g, grad) if need_s else None)
+
+
+def source_mask(g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """m = g + (1 - g) s for CI g and sources s in [0, 1] of the same shape."""
+    return _SourceMask.apply(g, s)
 
 
 def source_masks_flat(g: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks from flat sources [..., ΣC + L] (components first, then one Δ channel per matrix)."""
     n = g.shape[-1]
-    m = g + (1 - g) * sources[..., :n]
+    m = source_mask(g, sources[..., :n].expand_as(g))
     dm = sources[..., n:].expand(*g.shape[:-1], sources.shape[-1] - n)
     return m, dm
 

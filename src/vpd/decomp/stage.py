@@ -19,7 +19,7 @@ from vpd.decomp.api import decompose
 from vpd.utils.io import write_yaml
 from vpd.utils.distributed import init_distributed
 from vpd.utils.memory import check_memory, estimate_decomposition_bytes
-from vpd.utils.runtime import configure_threads, resolve_precision, seed_everything
+from vpd.utils.runtime import configure_threads, resolve_precision, reuse_freed_memory, seed_everything
 
 log = logging.getLogger("vpd")
 
@@ -34,6 +34,7 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
     dcfg = cfg.decompose
     dist = init_distributed(dcfg.world_size, "decompose.world_size")
     configure_threads(cfg.threads)
+    reuse_freed_memory()  # the per-step [B, T, ΣC] tensors reuse heap blocks instead of page-faulting
     seed_everything(cfg.seed)
     device = dist.device
     dtype = resolve_precision(cfg.precision, device)

@@ -34,6 +34,7 @@ import torch
 from torch.profiler import record_function
 from tqdm import tqdm
 
+from vpd.decomp import fused
 from vpd.decomp.adversary import PersistentAdversary
 from vpd.decomp.losses import (
     anneal_p,
@@ -73,6 +74,7 @@ class Trainer:
         dist: Optional[Dist] = None,
     ):
         self.dec, self.cfg, self.seed = dec, dec.config, int(seed)
+        fused.set_enabled(self.cfg.fused_kernels)
         self.dist = dist or Dist()
         if self.cfg.world_size != self.dist.world_size:
             raise DistributedConfigError(
