@@ -60,6 +60,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from vpd.decomp import fused
 from vpd.decomp.ci_functions import build_ci_function, readouts
 from vpd.decomp.components import Components, match_matrices
 from vpd.decomp.config import DecompositionConfig
@@ -105,6 +106,7 @@ class Decomposition:
         # flat [..., ΣC] layout of CIs and masks: the CI function's read-out order
         self.layout = FlatLayout(self.ci_fn.order, self.ci_fn.splits)
         self.history: list[dict] = []
+        self._flat_forward_kernel = fused.kernel(self._flat_forward, fullgraph=False)
 
     # ------------------------------------------------------------ structure
     @property
@@ -207,10 +209,22 @@ class Decomposition:
     def masked_forward_flat(
         self, batch, masks: torch.Tensor, delta_masks: torch.Tensor, *, detach_components: bool = False
     ) -> torch.Tensor:
-        """`masked_forward` with flat masks [..., ΣC] and Δ masks [..., L] in `self.layout` order."""
-        return self.masked_forward(
-            batch, self.layout.split(masks), self.layout.split_delta(delta_masks), detach_components=detach_components
-        )
+        """`masked_forward` with flat masks [..., ΣC] and Δ masks [..., L] in `self.layout` order.
+
+        With fused kernels on (decomp/fused.py) the whole masked forward is one compiled graph."""
+        with self._autocast(), self.comps.hooked():
+            try:
+                return self._flat_forward_kernel(self._to_device(batch), masks, delta_masks, detach_components)
+            finally:
+                self.comps.clear_masks()
+
+    def _flat_forward(self, batch, masks: torch.Tensor, delta_masks: torch.Tensor, detach: bool) -> torch.Tensor:
+        """The target's output with the (installed) hooks masking every matrix; no context managers,
+        so that torch.compile traces it as one graph."""
+        self.comps.set_masks(self.layout.split(masks), self.layout.split_delta(delta_masks), detach)
+        out = self.target(batch)
+        self.comps.clear_masks()
+        return out
 
     # ------------------------------------------------------------ persistence
     def save(self, out_dir: str | Path) -> None:

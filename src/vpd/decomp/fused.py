@@ -1,5 +1,9 @@
 """Fused elementwise kernels for the per-step work over the flat [..., ΣC] tensors.
 
+With fusion on, the masked forward of the whole target is compiled too (api.py), which fuses
+the target's own elementwise work (norms, RoPE, GELU, softmax) with the masking around each
+matrix.
+
 A decomposition step does a few dozen elementwise passes over tensors of B·T·ΣC values (5.8M
 at the benchmark shape): the two CI readouts and their backward, the masks built from CI and
 sources, the minimality power sum, the adversary's Adam update. In eager PyTorch each is
@@ -44,29 +48,34 @@ def scalar(x: float, like: torch.Tensor) -> torch.Tensor:
 
 
 class _Kernel:
-    """`fn` run eagerly, or compiled on first use while fusion is enabled."""
+    """`fn` run eagerly, or compiled on first use while fusion is enabled.
 
-    def __init__(self, fn: Callable):
-        self.fn = fn
+    fullgraph=False allows graph breaks (for whole model forwards, api.py)."""
+
+    def __init__(self, fn: Callable, fullgraph: bool = True):
+        self.fn, self.fullgraph = fn, fullgraph
         self.compiled = None
-        self.__name__ = fn.__name__
+        self.failed = False
+        self.__name__ = getattr(fn, "__name__", "kernel")
 
     def __call__(self, *args):
         global _failed
-        if not enabled():
+        if not enabled() or self.failed:
             return self.fn(*args)
         if self.compiled is None:
-            self.compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
+            self.compiled = torch.compile(self.fn, dynamic=False, fullgraph=self.fullgraph)
         try:
             return self.compiled(*args)
         except Exception as err:  # a missing compiler or an unsupported backend
-            _failed = True
-            log.warning("fused kernel %s could not be compiled (%s); running eager from now on", self.__name__, err)
+            if self.fullgraph:
+                _failed = True  # the small kernels share one compiler: all of them go eager
+            self.failed = True
+            log.warning("fused kernel %s could not be compiled (%s); running it eager from now on", self.__name__, err)
             return self.fn(*args)
 
 
-def kernel(fn: Callable) -> _Kernel:
-    return _Kernel(fn)
+def kernel(fn: Callable, fullgraph: bool = True) -> _Kernel:
+    return _Kernel(fn, fullgraph)
 
 
 # ---------------------------------------------------------------- CI readouts (sigmoids.py)

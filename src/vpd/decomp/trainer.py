@@ -353,6 +353,11 @@ class Trainer:
 
     # ------------------------------------------------------------ loop
     def run(self) -> None:
+        # one set of hooks for the whole run: the compiled masked forward stays valid (components.py)
+        with self.dec.comps.hooked():
+            self._run()
+
+    def _run(self) -> None:
         cfg = self.cfg
         self._get_eval_batch()  # fixed before any training batch is drawn (also on resume)
         start = self.try_resume()
