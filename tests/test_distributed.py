@@ -132,7 +132,15 @@ def _assert_records_close(a: list[dict], b: list[dict], rtol: float) -> None:
     assert len(a) == len(b) and [r.keys() for r in a] == [r.keys() for r in b]
     for ra, rb in zip(a, b):
         for k, va in ra.items():
-            if isinstance(va, float):
+            if isinstance(va, float) and "l0" in k:
+                # An L0 is a count over 64 tokens. Minimality parks many CI pre-activations at 0, so
+                # float summation noise between 1 and 2 processes can put one on the other side of 0.
+                # Each such flip moves the per-token mean by 1/64.
+                assert abs(va - rb[k]) <= 3 / 64 + 1e-9, (ra.get("step"), k, va, rb[k])
+            elif isinstance(va, float) and any(s in k for s in ("rounded", "pgd")):
+                # thresholded masks (CI > 0) and sign-step attacks inherit those flips
+                assert va == pytest.approx(rb[k], rel=1e-2, abs=1e-6), (ra.get("step"), k)
+            elif isinstance(va, float):
                 assert va == pytest.approx(rb[k], rel=rtol, abs=1e-7), (ra.get("step"), k)
             else:
                 assert va == rb[k], (ra.get("step"), k)
