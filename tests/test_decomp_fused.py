@@ -121,3 +121,27 @@ def test_decomposition_with_fusion_follows_the_eager_losses():
         for key in ("stochastic_recon", "adversarial_recon", "importance_minimality", "total"):
             assert math.isclose(a[key], b[key], rel_tol=2e-4, abs_tol=1e-6), (key, a["step"], a[key], b[key])
         assert a["l0_total"] == b["l0_total"]
+
+
+def test_a_kernel_that_cannot_compile_warns_and_runs_eagerly(monkeypatch, caplog):
+    """No C++ compiler (or an unsupported backend): the first call warns and returns the eager
+    result; the small kernels then all stay eager, a whole-model kernel only turns itself off."""
+    def broken_compile(fn, **kw):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(fused, "_failed", False)  # restored after the test
+    fused.set_enabled(True)
+    try:
+        model_graph = fused.kernel(lambda a: a + 1, fullgraph=False)
+        with caplog.at_level("WARNING", logger="vpd"):
+            assert torch.equal(model_graph(torch.ones(2)), torch.full((2,), 2.0))
+        assert "could not be compiled" in caplog.text and model_graph.failed and fused.enabled()
+
+        small = fused.kernel(lambda a: a * 3)
+        assert torch.equal(small(torch.ones(2)), torch.full((2,), 3.0))
+        assert not fused.enabled()  # every small kernel now runs eagerly
+    finally:
+        fused.set_enabled(False)
