@@ -67,12 +67,13 @@ def _routing(L: int, lead_shape: tuple[int, ...], generator, device) -> torch.Te
     return ranks < k
 
 
-def _mask_randomness(lead: tuple[int, ...], layout: FlatLayout, generator, device, routing: str):
-    """(r [..., ΣC], r_Δ [..., L], routed bool [..., L] or None), in a fixed draw order."""
-    r = torch.rand((*lead, layout.total), generator=generator, device=device, dtype=torch.float32)
-    dm = torch.rand((*lead, layout.L), generator=generator, device=device, dtype=torch.float32)
-    routed = _routing(layout.L, lead, generator, device) if routing == "uniform_k_subset" else None
-    return r, dm, routed
+def _fill_randomness(r: torch.Tensor, dm: torch.Tensor, routed: Optional[torch.Tensor], generator) -> None:
+    """Fill r [..., ΣC] and r_Δ [..., L] with U(0, 1) and routed [..., L] with a k-subset
+    routing, in this fixed draw order from `generator` (None: torch's default generator)."""
+    r.uniform_(generator=generator)
+    dm.uniform_(generator=generator)
+    if routed is not None:
+        routed.copy_(_routing(routed.shape[-1], tuple(routed.shape[:-1]), generator, routed.device))
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,24 +99,19 @@ def stochastic_masks_flat(
     if routing not in ("uniform_k_subset", "all"):
         raise ValueError(f"routing must be 'uniform_k_subset' or 'all', got {routing!r}")
     lead = tuple(g.shape[:-1])
+    r = torch.empty((*lead, layout.total), device=g.device, dtype=torch.float32)
+    dm = torch.empty((*lead, layout.L), device=g.device, dtype=torch.float32)
+    routed = torch.empty((*lead, layout.L), device=g.device, dtype=torch.bool) if routing == "uniform_k_subset" else None
     if row_seeds is None:
-        r, dm, routed = _mask_randomness(lead, layout, generator, g.device, routing)
+        _fill_randomness(r, dm, routed, generator)
     else:
         if len(row_seeds) != lead[0]:
             raise ValueError(f"{len(row_seeds)} row seeds for a batch of {lead[0]} rows")
-        # filled row by row in place (no stacked copy of the [..., ΣC] noise); CPU draws are
-        # serial per generator, so rows are drawn on two threads (each row has its own generator,
-        # so the values do not depend on the threading)
-        r = torch.empty((*lead, layout.total), device=g.device, dtype=torch.float32)
-        dm = torch.empty((*lead, layout.L), device=g.device, dtype=torch.float32)
-        routed = torch.empty((*lead, layout.L), device=g.device, dtype=torch.bool) if routing == "uniform_k_subset" else None
-
+        # row i from its own generator, filled in place; CPU draws are serial per generator, so
+        # rows are drawn on two threads (the values do not depend on the threading)
         def draw_row(i: int) -> None:
             gen = torch.Generator(device=g.device).manual_seed(int(row_seeds[i]))
-            r[i].uniform_(generator=gen)
-            dm[i].uniform_(generator=gen)
-            if routed is not None:
-                routed[i] = _routing(layout.L, lead[1:], gen, g.device)
+            _fill_randomness(r[i], dm[i], None if routed is None else routed[i], gen)
 
         if g.device.type == "cpu" and lead[0] > 1:
             list(_row_pool().map(draw_row, range(lead[0])))

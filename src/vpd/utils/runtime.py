@@ -57,8 +57,9 @@ def reuse_freed_memory() -> bool:
 
     By default glibc returns big freed blocks to the OS, so a training loop that allocates the
     same multi-MB activations every step page-faults (and zero-fills) them again each time: about
-    10% of a CPU target step and 15% of a decomposition step. Raising the mmap and trim thresholds keeps them in the heap; the
-    cost is that the process's memory stays at its peak. Returns False where it does not apply.
+    10% of a CPU target step and 15% of a decomposition step. Raising the mmap and trim thresholds
+    keeps them in the heap; the cost is that the process's memory stays at its peak. Returns False
+    where it does not apply.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
