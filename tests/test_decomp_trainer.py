@@ -96,6 +96,20 @@ def test_nan_stops_naming_step_and_loss(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
 
 
+def test_changed_config_sets_checkpoints_aside_and_starts_over(tmp_path):
+    """A rerun under another config never resumes the old checkpoints: they are moved to
+    `checkpoints.stale-*` (kept) and the run equals a fresh run of the new config."""
+    decompose(tiny_target(), batches, cfg(), seed=1, out_dir=tmp_path / "run", progress=False)
+    old = [p.name for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")]
+    changed = cfg(coeffs=dict(importance_minimality=1e-3))
+    rerun = decompose(tiny_target(), batches, changed, seed=1, out_dir=tmp_path / "run", progress=False)
+    (stale,) = (tmp_path / "run").glob("checkpoints.stale-*")
+    assert [p.name for p in ckpt.list_checkpoints(stale)] == old
+    fresh = decompose(tiny_target(), batches, changed, seed=1, out_dir=tmp_path / "fresh", progress=False)
+    assert all(torch.equal(rerun.components(n)[1], fresh.components(n)[1]) for n in fresh.names)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == (tmp_path / "fresh" / "metrics.jsonl").read_text()
+
+
 def test_bf16_and_fp32_losses_agree():
     """One step from identical state: every loss within 3% relative (+1e-4 absolute) in bf16."""
     values = {}

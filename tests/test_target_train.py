@@ -19,6 +19,7 @@ from vpd.target import train as train_mod
 from vpd.target.model import TargetLM
 from vpd.target.stage import run_train_target
 from vpd.target.train import build_optimizer, curve_steps, lm_loss, lr_at
+from vpd.utils import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 300
@@ -203,14 +204,22 @@ def test_corrupt_latest_checkpoint_falls_back(tokens_dir, tmp_path, caplog):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
-def test_changed_config_refuses_to_resume(tokens_dir, tmp_path):
+def test_changed_config_starts_over_and_keeps_old_checkpoints(tokens_dir, tmp_path):
     out = tmp_path / "target"
     run_train_target(make_config(), tokens_dir, out, stop_after=6)
-    with pytest.raises(Exception, match="different target config"):
-        run_train_target(make_config(lr=1e-3), tokens_dir, out)
-    # checkpoint_every does not change results, so it may change on resume.
-    run_train_target(make_config(checkpoint_every=3), tokens_dir, out)
-    assert (out / "model.safetensors").exists()
+    # checkpoint_every does not change results, so it may change on resume: this resumes at step 5.
+    run_train_target(make_config(checkpoint_every=3), tokens_dir, out, stop_after=8)
+    assert not list(out.glob("checkpoints.stale-*"))
+    old = [p.name for p in ckpt.list_checkpoints(out / "checkpoints")]
+    # A different lr must not resume: the old checkpoints move aside and training starts over,
+    # ending exactly where a fresh run with the new config ends.
+    run_train_target(make_config(lr=1e-3), tokens_dir, out)
+    (stale,) = out.glob("checkpoints.stale-*")
+    assert [p.name for p in ckpt.list_checkpoints(stale)] == old
+    run_train_target(make_config(lr=1e-3), tokens_dir, tmp_path / "fresh")
+    new, fresh = weights(out), weights(tmp_path / "fresh")
+    assert all(torch.equal(new[k], fresh[k]) for k in fresh)
+    assert (out / "curve.csv").read_text() == (tmp_path / "fresh" / "curve.csv").read_text()
 
 
 def test_vocab_mismatch_names_both_sources(tokens_dir, tmp_path):

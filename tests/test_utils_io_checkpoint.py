@@ -130,3 +130,15 @@ def test_optimizer_and_rng_state_roundtrip_exactly(tmp_path):
     ckpt.set_rng_state(loaded, lmeta["rng"])
     again = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+
+
+def test_set_aside_renames_and_never_overwrites(tmp_path):
+    root = tmp_path / "checkpoints"
+    ckpt.save(root, 3, {"w": torch.ones(2)}, {})
+    first = ckpt.set_aside(root, "test")
+    assert not root.exists() and first.name.startswith("checkpoints.stale-")
+    assert [p.name for p in ckpt.list_checkpoints(first)] == ["step-00000003"]
+    ckpt.save(root, 5, {"w": torch.zeros(2)}, {})
+    second = ckpt.set_aside(root, "test")  # possibly within the same second: a distinct name
+    assert second != first and first.exists()
+    assert [p.name for p in ckpt.list_checkpoints(second)] == ["step-00000005"]

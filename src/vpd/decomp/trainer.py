@@ -326,10 +326,11 @@ class Trainer:
             return 0
         tensors, meta = found
         if meta["config"] != self.cfg.to_dict():
-            raise ckpt.CheckpointError(
-                f"checkpoints under {root} were written with a different decompose config; "
-                "delete the directory to start over"
-            )
+            self.dist.barrier()  # every rank has read the checkpoint before rank 0 moves it
+            if self.dist.is_main:
+                ckpt.set_aside(root, "written with a different decompose config")
+            self.dist.barrier()
+            return 0
         with torch.no_grad():
             for m in self.dec.comps.mats:
                 m.V.copy_(tensors[f"comp.{m.name}.V"])

@@ -182,13 +182,14 @@ def train_target(
     # ------------------------------------------------------------ resume
     step, curve = 0, []
     state = ckpt.load_latest(ckpt_dir)
+    if state is not None and state[1].get("signature") != signature:
+        dist.barrier()  # every rank has read the checkpoint before rank 0 moves it
+        if dist.is_main:
+            ckpt.set_aside(ckpt_dir, "written with a different target config/seed/precision")
+        dist.barrier()
+        state = None
     if state is not None:
         tensors, meta = state
-        if meta.get("signature") != signature:
-            raise ckpt.CheckpointError(
-                f"checkpoint step {meta['step']} under {ckpt_dir} was written with a different target "
-                f"config/seed/precision ({meta.get('signature')} != {signature}); delete {ckpt_dir} to start over"
-            )
         model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
         ckpt.optimizer_state_from_flat(opt, tensors, meta["optimizer"], "opt")
         ckpt.set_rng_state(tensors, meta["rng"])
@@ -199,7 +200,7 @@ def train_target(
             write_text(curve_path, format_curve(curve))
         log.info("resumed target training from %s at step %d", ckpt_dir, step)
     elif dist.is_main and metrics.path.exists():
-        metrics.path.unlink()  # a run that died before its first checkpoint: start the log over
+        metrics.path.unlink()  # a fresh run (or one that died before its first checkpoint) starts the log over
 
     def save_checkpoint() -> None:
         if not all(torch.isfinite(p).all() for p in model.parameters()):

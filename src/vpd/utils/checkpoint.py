@@ -6,6 +6,8 @@ hyperparameters, numpy/python RNG states, and the sha256 of the tensor file). Th
 written under a temp name and renamed, so a checkpoint either exists completely or not at all;
 the sha256 additionally catches files corrupted or truncated afterwards. `load_latest` walks back
 from the newest checkpoint to the newest *valid* one and reports every one it had to skip.
+Checkpoints written under a different config are never resumed; `set_aside` moves them out of the
+way (kept, not deleted) so that a changed config starts over.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +156,22 @@ def load_latest(root: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None
             "no valid checkpoint under " + str(root) + "; delete the directory to start over:\n  " + "\n  ".join(errors)
         )
     return None
+
+
+def set_aside(root: str | Path, why: str) -> Path:
+    """Rename the checkpoint directory `root` to `<root>.stale-<UTC time>` and return the new path.
+
+    Used when `root` holds checkpoints a run must not resume (e.g. written under another config):
+    the run starts over, and the old checkpoints stay on disk for inspection or manual resume.
+    """
+    root = Path(root)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = root.with_name(f"{root.name}.stale-{stamp}")
+    n = 1
+    while dest.exists():  # two set-asides within one second
+        dest = root.with_name(f"{root.name}.stale-{stamp}-{n}")
+        n += 1
+    root.rename(dest)
+    log.warning("checkpoints under %s were %s: moved to %s and starting over (delete it when no longer needed)",
+                root, why, dest)
+    return dest
