@@ -326,10 +326,7 @@ class Trainer:
             return 0
         tensors, meta = found
         if meta["config"] != self.cfg.to_dict():
-            self.dist.barrier()  # every rank has read the checkpoint before rank 0 moves it
-            if self.dist.is_main:
-                ckpt.set_aside(root, "written with a different decompose config")
-            self.dist.barrier()
+            ckpt.set_aside_on_all_ranks(root, "written with a different decompose config", self.dist)
             return 0
         with torch.no_grad():
             for m in self.dec.comps.mats:

@@ -183,10 +183,7 @@ def train_target(
     step, curve = 0, []
     state = ckpt.load_latest(ckpt_dir)
     if state is not None and state[1].get("signature") != signature:
-        dist.barrier()  # every rank has read the checkpoint before rank 0 moves it
-        if dist.is_main:
-            ckpt.set_aside(ckpt_dir, "written with a different target config/seed/precision")
-        dist.barrier()
+        ckpt.set_aside_on_all_ranks(ckpt_dir, "written with a different target config/seed/precision", dist)
         state = None
     if state is not None:
         tensors, meta = state

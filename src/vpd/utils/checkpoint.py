@@ -175,3 +175,12 @@ def set_aside(root: str | Path, why: str) -> Path:
     log.warning("checkpoints under %s were %s: moved to %s and starting over (delete it when no longer needed)",
                 root, why, dest)
     return dest
+
+
+def set_aside_on_all_ranks(root: str | Path, why: str, dist) -> None:
+    """`set_aside` called by every rank of `dist` (a `vpd.utils.distributed` context) after each has
+    read the checkpoints: rank 0 moves them, and no rank returns before the move is done."""
+    dist.barrier()
+    if dist.is_main:
+        set_aside(root, why)
+    dist.barrier()
