@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from vpd.analysis.edit import (
-    EmoticonVocab, choose_sign, edit_delta, edit_direction, find_eyes, split_eval, subcomponent_edit,
+    choose_sign, edit_delta, edit_direction, split_eval, subcomponent_edit,
     with_weight_delta,
 )
 from vpd.analysis.lora import RankOneLoRA, edit_loss, train_lora
+from vpd.data.emoticons import EmoticonVocab, find_eyes
 from test_analysis_harvest import tiny_decomposition
 
 MATRIX = "h.0.mlp.down_proj"

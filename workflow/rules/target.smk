@@ -11,6 +11,8 @@ rule train_target:
         config=f"{RESULTS}/target/config.json",
         tokenizer=f"{RESULTS}/target/tokenizer.json",
         curve=f"{RESULTS}/target/curve.csv",
+        probes=f"{RESULTS}/target/probes.csv",
+        probes_prompts=f"{RESULTS}/target/probes_prompts.csv",
         figure=f"{RESULTS}/target/fig_target_curve.png",
     params:
         section=config["target"],

@@ -1,9 +1,7 @@
 """The `edit` stage: find the subcomponents that fire on emoticon eyes, edit one, compare with LoRA.
 
-1. Emoticon eyes. An eye token (':' ';' '=' and their leading-space variants 'Ġ:' ...) followed by
-   a mouth token (')' '(' 'D' 'P' 'o' 'p' ...) that ends the word (the next token starts with a
-   space or a non-alphanumeric character, so ':p' + 'arse' is not a face) is an emoticon eye;
-   every other occurrence of an eye token is an "other use". Emoticons are rare in the CPU-scale
+1. Emoticon eyes (`vpd.data.emoticons`): an eye token followed by a mouth token that ends the
+   word; every other occurrence of an eye token is an "other use". Emoticons are rare in the CPU-scale
    corpus, so the finding step uses the eyes of BOTH shards; the evaluation uses held-out windows
    only: the val shard's, plus, when val has fewer than `min_eval_windows`, the eyes of a seeded
    random subset of train documents (split by document, so no document is on both sides; at most
@@ -44,7 +42,8 @@ import torch.nn.functional as F
 
 from vpd.analysis.config import EditConfig
 from vpd.analysis.lora import kl_per_token, train_lora
-from vpd.utils.io import write_json, write_text, write_yaml
+from vpd.data.emoticons import emoticon_vocab, find_eyes
+from vpd.utils.io import write_csv, write_json, write_yaml
 
 log = logging.getLogger("vpd")
 
@@ -59,49 +58,7 @@ PAPER_NOTE = {
 }
 
 
-# ---------------------------------------------------------------- emoticon tokens
-@dataclass
-class EmoticonVocab:
-    eye_ids: list[int]
-    mouth_ids: list[int]
-    boundary: np.ndarray  # [V] bool: the token may follow a mouth (starts with space/punctuation)
-    target_id: int
-
-
-def _variants(tok, text: str) -> list[int]:
-    ids = []
-    for piece in (text, "\u0120" + text):  # 'Ġ' = the byte-level marker of a leading space
-        i = tok.token_to_id(piece)
-        if i is not None and i not in ids:
-            ids.append(i)
-    return ids
-
-
-def emoticon_vocab(tok, cfg: EditConfig, vocab_size: int) -> EmoticonVocab:
-    eye_ids = [i for e in cfg.eyes for i in _variants(tok, e)]
-    mouth_ids = [i for m in cfg.mouths if (i := tok.token_to_id(m)) is not None]
-    target_id = tok.token_to_id(cfg.target_token)
-    if not eye_ids or not mouth_ids:
-        raise ValueError(f"the tokenizer has no token for any of edit.eyes {cfg.eyes} or edit.mouths {cfg.mouths}")
-    if target_id is None:
-        raise ValueError(f"edit.target_token {cfg.target_token!r} is not a single token of the tokenizer")
-    boundary = np.zeros(vocab_size, dtype=bool)
-    for i in range(vocab_size):
-        text = tok.decode([i])
-        boundary[i] = not text or not text[0].isalnum()
-    return EmoticonVocab(eye_ids, mouth_ids, boundary, int(target_id))
-
-
-def find_eyes(tokens: np.ndarray, ev: EmoticonVocab) -> tuple[np.ndarray, np.ndarray]:
-    """(positions of emoticon eyes, positions of other uses of the eye tokens) in a flat token array."""
-    t = np.asarray(tokens).astype(np.int64)
-    if len(t) < 3:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    eye = np.isin(t[:-2], ev.eye_ids)
-    face = eye & np.isin(t[1:-1], ev.mouth_ids) & ev.boundary[np.clip(t[2:], 0, len(ev.boundary) - 1)]
-    return np.flatnonzero(face), np.flatnonzero(eye & ~face)
-
-
+# ---------------------------------------------------------------- emoticon windows
 def document_ids(tokens: np.ndarray, positions: np.ndarray, eot_id: int) -> np.ndarray:
     """Index of the document (documents are separated by `eot_id`) holding each position."""
     eots = np.flatnonzero(np.asarray(tokens) == eot_id)
@@ -341,7 +298,7 @@ def run_edit(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, o
     target, dec = load_decomposition(cfg, Path(target_dir), Path(decomposition_dir))
     tok = load_tokenizer(Path(tokens_dir) / "tokenizer.json")
     V = target.cfg.vocab_size
-    ev_tokens = emoticon_vocab(tok, ecfg, V)
+    ev_tokens = emoticon_vocab(tok, ecfg.eyes, ecfg.mouths, V, ecfg.target_token)
     eot = tok.token_to_id(cfg.tokenizer.end_of_text)
     T = resolve_seq_len(ecfg.seq_len, cfg, target.cfg.context)
     after = min(ecfg.context, (T - 1) // 4)
@@ -385,7 +342,7 @@ def run_edit(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, o
     best = editable.iloc[0]
     matrix, c = str(best["matrix"]), int(best["c"])
     ranking["edited"] = (ranking["matrix"] == matrix) & (ranking["c"] == c)
-    with_csv(ranking, out_dir / "emoticon_subcomponents.csv")
+    write_csv(out_dir / "emoticon_subcomponents.csv", ranking)
     log.info("edit: best subcomponent %s (precision %.3f, recall %.3f)", best["name"], best["precision"], best["recall"])
 
     # 3. firing masks of the chosen subcomponent (unedited target)
@@ -446,11 +403,11 @@ def run_edit(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, o
             for k, v in PAPER[key].items():
                 results.at[i, k] = v
             results.at[i, "paper_note"] = PAPER_NOTE[key]
-    with_csv(results, out_dir / "edit_results.csv")
+    write_csv(out_dir / "edit_results.csv", results)
 
     # 5. per-token view of a few held-out windows, and the figures
     tokens_df = heatmap_table(evs, eval_set, models, target, ev_tokens.target_id, tok, ecfg.heatmap_windows, bs)
-    with_csv(tokens_df, out_dir / "heatmap_tokens.csv")
+    write_csv(out_dir / "heatmap_tokens.csv", tokens_df)
     save_figure(plot_editing_pareto(results), out_dir / "fig_model-editing-pareto")
     save_figure(plot_editing_heatmap(tokens_df, ecfg.reference_alpha, ecfg.lora_reference_lambda), out_dir / "fig_model-editing-heatmap")
     write_json(out_dir / "edit.json", {
@@ -473,10 +430,6 @@ def run_edit(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, o
     })
     write_yaml(out_dir / "final_config.yaml", cfg.model_dump(mode="json"))
     return results
-
-
-def with_csv(df: pd.DataFrame, path: Path) -> None:
-    write_text(path, df.to_csv(index=False))
 
 
 def heatmap_table(evs: EvalSet, eval_set: EyeWindows, models: dict, target: nn.Module, target_id: int, tok,

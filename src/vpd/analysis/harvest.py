@@ -27,7 +27,6 @@ Writes  <out>/{subcomponents.parquet, examples.parquet, token_stats.parquet, voc
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional

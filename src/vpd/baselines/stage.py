@@ -28,7 +28,8 @@ from vpd.baselines.transcoders import (
 from vpd.config import ProjectConfig
 from vpd.data.tokens import TokenShard
 from vpd.evaluate.pareto import pareto_table, transcoder_point, vpd_pareto_points
-from vpd.evaluate.stage import eval_windows, load_target, write_csv
+from vpd.evaluate.stage import eval_windows, load_target
+from vpd.utils.io import write_csv
 from vpd.evaluate.variants import decompose_variant, variant_config
 from vpd.utils.io import MetricsLog, read_json, sha256_file, write_json, write_yaml
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
@@ -141,8 +142,8 @@ def run_baselines(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomp
     seconds["vpd"] = time.perf_counter() - t1
 
     table = pareto_table(points)
-    write_csv(pd.concat(local, ignore_index=True), out_dir / "transcoders.csv")
-    write_csv(table, out_dir / "pareto.csv")
+    write_csv(out_dir / "transcoders.csv", pd.concat(local, ignore_index=True))
+    write_csv(out_dir / "pareto.csv", table)
     save_figure(plot_pareto(table, zero_ablation_ce_increase=zero.ce_increase), out_dir / "fig_pareto")
     seconds["total"] = time.perf_counter() - t0
     write_json(out_dir / "summary.json", {

@@ -32,6 +32,9 @@ log = logging.getLogger("vpd")
 # either side, so ":o" in "mailto:owner" or ":P" in "Re:Patch" are not emoticons.
 EMOTICONS = (":)", ";)", ":(", ":o", ":P")
 _EMOTICON_RES = {e: re.compile(r"(?<![A-Za-z0-9])" + re.escape(e) + r"(?![A-Za-z0-9])") for e in EMOTICONS}
+# Any face (eye, optional nose, mouth) not touching a letter or digit: documents holding one form
+# their own split stratum (corpus.emoticon_val_fraction), so the held-out chat context is not tiny.
+_FACE_RE = re.compile(r"(?<![A-Za-z0-9])[:;=]-?[)(DPpoO](?![A-Za-z0-9])")
 _PRINCESS_RE = re.compile(r"princess", re.I)  # substring, any case ("Princesses" counts)
 _HER_RE = re.compile(r"\bher\b", re.I)  # the word only ("Her" counts, "here" does not)
 
@@ -100,21 +103,32 @@ def cap_bytes(docs: list[Document], max_bytes: int, seed: int) -> list[Document]
     return [docs[i] for i in sorted(chosen)]
 
 
-def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
+def has_face(text: str) -> bool:
+    return _FACE_RE.search(text) is not None
+
+
+def split_documents(
+    docs: list[Document], val_fraction: float, seed: int, emoticon_val_fraction: float | None = None
+) -> tuple[list[Document], list[Document]]:
     """Split by document, stratified by source: each source gives round(val_fraction * n) of its
-    documents to validation (never all of them); at least one validation document overall."""
+    documents to validation (never all of them); at least one validation document overall.
+
+    With `emoticon_val_fraction`, a source's documents that hold an emoticon form a stratum of
+    their own that gives that fraction to validation instead."""
     if len(docs) < 2:
         raise CorpusError(f"the corpus has {len(docs)} document(s); at least 2 are needed for a train/val split")
-    by_source: dict[str, list[int]] = {}
+    by_stratum: dict[str, list[int]] = {}
     for i, d in enumerate(docs):
-        by_source.setdefault(d.source, []).append(i)
+        key = d.source + (":emoticon" if emoticon_val_fraction is not None and has_face(d.text) else "")
+        by_stratum.setdefault(key, []).append(i)
     val_idx: set[int] = set()
-    for name, idx in by_source.items():
-        n_val = min(math.floor(val_fraction * len(idx) + 0.5), len(idx) - 1)
+    for name, idx in by_stratum.items():
+        fraction = emoticon_val_fraction if name.endswith(":emoticon") else val_fraction
+        n_val = min(math.floor(fraction * len(idx) + 0.5), len(idx) - 1)
         if n_val > 0:
             val_idx.update(int(i) for i in _rng(seed, f"split:{name}").choice(idx, size=n_val, replace=False))
     if not val_idx:  # tiny corpus: take one document of the largest source
-        name, idx = max(by_source.items(), key=lambda kv: len(kv[1]))
+        name, idx = max(by_stratum.items(), key=lambda kv: len(kv[1]))
         val_idx.add(int(_rng(seed, f"split:{name}").choice(idx)))
     train = [d for i, d in enumerate(docs) if i not in val_idx]
     val = [d for i, d in enumerate(docs) if i in val_idx]
@@ -210,7 +224,7 @@ def prepare_corpus(
             f"the corpus is empty (sources: {names}): enable a source, or lower corpus.min_doc_chars "
             f"({cfg.min_doc_chars})"
         )
-    train, val = split_documents(docs, cfg.val_fraction, seed)
+    train, val = split_documents(docs, cfg.val_fraction, seed, cfg.emoticon_val_fraction)
 
     sources = []
     for f, entry, _ in per_source:
@@ -226,6 +240,7 @@ def prepare_corpus(
     manifest = {
         "seed": seed,
         "val_fraction": cfg.val_fraction,
+        "emoticon_val_fraction": cfg.emoticon_val_fraction,
         "min_doc_chars": cfg.min_doc_chars,
         "max_bytes": cfg.max_bytes,
         "sources": sources,

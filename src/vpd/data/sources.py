@@ -33,6 +33,7 @@ from urllib.parse import unquote
 from tqdm import tqdm
 
 from vpd.config import CorpusSource
+from vpd.data.rdata import RDataError, character_vectors, read_lazyload
 from vpd.utils.io import sha256_file
 
 log = logging.getLogger("vpd")
@@ -235,6 +236,8 @@ def split_fortunes(text: str) -> list[str]:
 class Extractor:
     select: Callable[[str], bool]  # archive member path -> holds text for this extractor
     documents: Callable[[str, str], list[str]]  # (member path or label, text) -> documents
+    # Binary formats whose documents need several members at once: {member path: bytes} -> documents.
+    from_members: Optional[Callable[[dict[str, bytes]], list[str]]] = None
 
 
 def _basename(path: str) -> str:
@@ -277,6 +280,48 @@ def _is_fortune_member(path: str) -> bool:
     return "/fortunes/" in f"/{path}" and "/off/" not in path and not path.endswith((".dat", ".u8")) and "/doc/" not in path
 
 
+_CHAPTER_HEADING = re.compile(r"^\s*chapter\s+([ivxlc]+|\d+)\.?\s*$", re.I)
+
+
+def novel_chapters(lines: list[str]) -> list[str]:
+    """A novel given as its lines (hard-wrapped, blank lines between paragraphs) as one document
+    per chapter, each paragraph on one line; text before the first chapter heading (title page,
+    volume headings) is dropped."""
+    chapters: list[list[list[str]]] = []
+    for line in lines:
+        if _CHAPTER_HEADING.match(line):
+            chapters.append([[]])
+        elif chapters:
+            if line.strip():
+                chapters[-1][-1].append(line.strip())
+            elif chapters[-1][-1]:
+                chapters[-1].append([])
+    docs = []
+    for paragraphs in chapters:
+        text = "\n".join(" ".join(p) for p in paragraphs if p and not re.fullmatch(r"VOLUME [IVX]+", " ".join(p)))
+        if text.strip():
+            docs.append(text)
+    return docs
+
+
+def _is_r_lazyload_member(path: str) -> bool:
+    return re.search(r"/data/Rdata\.rd[bx]$", f"/{path}") is not None
+
+
+def _r_novels_documents(members: dict[str, bytes]) -> list[str]:
+    """Every character vector of an R package's data/Rdata lazy-load database, read as a novel
+    (janeaustenr: one vector of lines per book), one document per chapter."""
+    rdx = next((data for name, data in members.items() if name.endswith(".rdx")), None)
+    rdb = next((data for name, data in members.items() if name.endswith(".rdb")), None)
+    if rdx is None or rdb is None:
+        raise SourceError(f"the R data set needs both data/Rdata.rdx and data/Rdata.rdb, found {sorted(members)}")
+    try:
+        books = character_vectors(read_lazyload(rdx, rdb))
+    except RDataError as e:
+        raise SourceError(f"cannot read the R data set ({sorted(members)}): {e}") from None
+    return [doc for name in sorted(books) for doc in novel_chapters(books[name])]
+
+
 EXTRACTORS: dict[str, Extractor] = {
     "spam_assassin_ham": Extractor(_is_ham_member, _ham_documents),
     # Brown Form C files are named c<genre a-r><2 digits>, e.g. ca01.
@@ -290,6 +335,7 @@ EXTRACTORS: dict[str, Extractor] = {
     "stdlib_json_text": Extractor(_is_stdlib_json_member, _stdlib_json_documents),
     "fortunes": Extractor(_is_fortune_member, lambda _, t: split_fortunes(t)),
     "plain": Extractor(lambda p: p.endswith((".txt", ".md")), lambda _, t: [t]),
+    "r_novels": Extractor(_is_r_lazyload_member, lambda _, t: [], from_members=_r_novels_documents),
 }
 
 
@@ -483,6 +529,12 @@ def fetch_archive(source: CorpusSource, cache_dir: Path) -> Path:
 def _fetch_archive_source(source: CorpusSource, cache_dir: Path) -> FetchedSource:
     path = fetch_archive(source, cache_dir)
     extractor = EXTRACTORS[source.extractor]
+    if extractor.from_members is not None:
+        members = dict(iter_archive(path, extractor.select))
+        if not members:
+            raise SourceError(f"source {source.name!r}: extractor {source.extractor!r} found no matching files in {path}")
+        docs = extractor.from_members(members)
+        return FetchedSource(source, docs, cache_file=path, archive_bytes=path.stat().st_size, sha256=source.sha256)
     items = ((name, decode_text(data)) for name, data in iter_archive(path, extractor.select))
     items = sorted(tqdm(items, desc=f"read {source.name}", unit="file", disable=None, leave=False))
     if not items:

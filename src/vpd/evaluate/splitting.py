@@ -33,6 +33,7 @@ from vpd.config import ProjectConfig
 from vpd.decomp.config import MatrixSpec
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
+from vpd.utils.io import write_csv
 
 VPD_UNIT = "rank_one_UV"
 TRANSCODER_UNIT = "decoder"
@@ -170,7 +171,7 @@ def run_feature_splitting(
     """Writes <out>/{splitting.csv, splitting_matches.csv, final_config.yaml,
     fig_feature_splitting.{png,pdf}, fig_splitting_heatmap.{png,pdf}} and the runs in <out>/vpd_<c>x/."""
     from vpd.baselines.transcoders import Transcoder, transcoder_name
-    from vpd.evaluate.stage import eval_windows, load_target, write_csv
+    from vpd.evaluate.stage import eval_windows, load_target
     from vpd.evaluate.variants import decompose_variant, variant_config
     from vpd.plots import save_figure
     from vpd.plots.splitting import plot_alive_vs_capacity, plot_splitting_heatmap
@@ -220,8 +221,8 @@ def run_feature_splitting(
     split["alive_fraction"] = split["alive"] / split["capacity"]
     split = split[SPLIT_COLUMNS]
     matches = pd.concat(match_tables, ignore_index=True)
-    write_csv(split, out_dir / "splitting.csv")
-    write_csv(matches, out_dir / "splitting_matches.csv")
+    write_csv(out_dir / "splitting.csv", split)
+    write_csv(out_dir / "splitting_matches.csv", matches)
     save_figure(plot_alive_vs_capacity(split), out_dir / "fig_feature_splitting")
     save_figure(plot_splitting_heatmap(matches, fs.cosine_threshold), out_dir / "fig_splitting_heatmap")
     write_yaml(out_dir / "final_config.yaml", {

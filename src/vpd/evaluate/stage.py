@@ -23,19 +23,13 @@ from vpd.data.tokens import TokenShard
 from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.mask_strategies import evaluate_masks, evaluate_pgd, standard_strategies, summarise_pgd
 from vpd.evaluate.paper import paper_vs_ours
-from vpd.utils.io import atomic_path, write_text, write_yaml
+from vpd.utils.io import write_csv, write_text, write_yaml
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 OUTPUT_TABLES = (
     "mask_strategies.csv", "pgd_steps.csv", "compute_recovered.csv", "l0_by_layer.csv", "l0_by_matrix.csv",
 )
 FIGURES = ("fig_compute_recovered", "fig_pgd", "fig_l0_by_layer")
-
-
-def write_csv(df: pd.DataFrame, path: str | Path) -> None:
-    """A DataFrame as CSV (no index), written atomically."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def eval_windows(cfg: ProjectConfig, tokens_dir: Path, context: int) -> torch.Tensor:
@@ -97,11 +91,11 @@ def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decompo
     matrix_table = acc.matrix_table(ecfg.alive_eps)
     layer_table = acc.layer_table(ecfg.alive_eps)
 
-    write_csv(table, out_dir / "mask_strategies.csv")
-    write_csv(pgd, out_dir / "pgd_steps.csv")
-    write_csv(recovered, out_dir / "compute_recovered.csv")
-    write_csv(layer_table, out_dir / "l0_by_layer.csv")
-    write_csv(matrix_table, out_dir / "l0_by_matrix.csv")
+    write_csv(out_dir / "mask_strategies.csv", table)
+    write_csv(out_dir / "pgd_steps.csv", pgd)
+    write_csv(out_dir / "compute_recovered.csv", recovered)
+    write_csv(out_dir / "l0_by_layer.csv", layer_table)
+    write_csv(out_dir / "l0_by_matrix.csv", matrix_table)
     header = (
         f"# Evaluation: paper vs this run ({cfg.name})\n\n"
         f"{len(windows)} held-out windows x {windows.shape[1] - 1} tokens; L0 and alive at CI > "

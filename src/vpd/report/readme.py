@@ -39,6 +39,8 @@ SECTIONS: list[Section] = [
         Item("tab:model-hyperparams", "target/config.json", "4L, d 768, 6x128 heads, MLP 3072, vocab 50,277, ctx 512"),
         Item("fig:target-curve", "target/fig_target_curve.png", "target val CE 2.71"),
         Item("validation curve", "target/curve.csv"),
+        Item("target probes", "target/probes.csv",
+             "P(her | 'The princess lost') 0.586; goals here: agreement >= 90%, P(her) >= 0.2, P(mouth | eye) >= 0.5"),
     ]),
     Section("02_decomposition", "Decomposition and evaluation", [
         Item("training losses", "decomposition/fig_losses.png"),
@@ -169,7 +171,7 @@ def summarize(path: Path, rel: str) -> str:
         return f"unreadable ({type(exc).__name__}: {exc})"
 
 
-def csv_markdown(path: Path, max_rows: int = 12) -> str:
+def csv_markdown(path: Path, max_rows: int = 16) -> str:
     df = pd.read_csv(path)
     more = f"\n\n({len(df) - max_rows} more rows in the file)" if len(df) > max_rows else ""
     return df.head(max_rows).to_markdown(index=False, floatfmt=".4g") + more

@@ -2,6 +2,7 @@
 
 Reads   <tokens>/{train.bin, val.bin, meta.json, tokenizer.json}
 Writes  <out>/{model.safetensors, config.json, tokenizer.json, curve.csv, metrics.jsonl,
+        probes.csv, probes_prompts.csv (the paper's probe tasks, `vpd.target.probes`),
         final_config.yaml, fig_target_curve.png, fig_target_curve.pdf, checkpoints/}
 Rerunning after an interruption resumes from the newest valid checkpoint in <out>/checkpoints/.
 """
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vpd.config import ProjectConfig
+from vpd.data.tokenizer import load_tokenizer
+from vpd.target.probes import run_probes
 from vpd.target.train import train_target
-from vpd.utils.io import read_json, write_bytes, write_yaml
+from vpd.utils.io import read_json, write_bytes, write_csv, write_yaml
 from vpd.utils.distributed import init_distributed
 from vpd.utils.memory import check_memory, estimate_target_training_bytes
 from vpd.utils.runtime import log, resolve_precision, reuse_freed_memory
@@ -37,6 +41,20 @@ def check_inputs(cfg: ProjectConfig, tokens_dir: Path) -> dict:
             f"{cfg.target.model.vocab_size} in the config: retrain the tokenizer or fix the config"
         )
     return meta
+
+
+def write_probes(model, tokens_dir: Path, out_dir: Path, seed: int) -> pd.DataFrame:
+    """Run the probe tasks on the trained model (held-out emoticons from val.bin) and write
+    probes.csv (summary) and probes_prompts.csv (every prompt)."""
+    tok = load_tokenizer(tokens_dir / "tokenizer.json")
+    meta = read_json(tokens_dir / "meta.json")
+    val = np.memmap(tokens_dir / "val.bin", dtype=np.uint16, mode="r")
+    summary, prompts = run_probes(model.float().cpu(), tok, int(meta["eot_id"]), val, model.cfg.context, seed)
+    write_csv(out_dir / "probes.csv", summary)
+    write_csv(out_dir / "probes_prompts.csv", prompts)
+    for r in summary.itertuples():
+        log.info("probe %s, %s: %.4g (n %d)", r.probe, r.quantity, r.value, r.n)
+    return summary
 
 
 def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, stop_after: int | None = None) -> None:
@@ -80,6 +98,8 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
         "flops_per_token": model.flops_per_token(),
         "final_val_ce": result.curve[-1]["val_ce"],
     }
+    summary = write_probes(model, tokens_dir, out_dir, cfg.seed)
+    final["probes"] = {f"{r.probe} {r.quantity}": float(r.value) for r in summary.itertuples()}
     write_yaml(out_dir / "final_config.yaml", final)
 
     from vpd.plots import save_figure

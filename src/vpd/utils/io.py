@@ -74,6 +74,11 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+def write_csv(path: str | os.PathLike, table: Any, float_format: str | None = None) -> None:
+    """A pandas DataFrame as CSV (no index), written atomically."""
+    write_text(path, table.to_csv(index=False, float_format=float_format))
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
