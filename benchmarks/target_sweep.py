@@ -108,6 +108,7 @@ def record(overrides: list[str], steps: int, tokens: Path, target: Path, minutes
         "val_ce_drop_last_10pct": float(curve["val_ce"].iloc[-len(curve) // 10 - 1] - curve["val_ce"].iloc[-1]),
         "minutes": minutes,
         "probes": {f"{r.probe} | {r.quantity}": float(r.value) for r in probes.itertuples()},
+        "held_out_faces": int(probes.loc[probes.probe.str.startswith("emoticon"), "n"].iloc[0]),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
     }
@@ -126,7 +127,7 @@ def summary(results: dict) -> pd.DataFrame:
     rows = []
     for name, r in results.items():
         row = {"variant": name, "steps": r["steps"], "train tokens": r["train_tokens"], "val CE": r["val_ce"],
-               "target min": r["minutes"].get("train_target")}
+               "target min": r["minutes"].get("train_target"), "held-out faces": r.get("held_out_faces")}
         row.update({k: r["probes"].get(v) for k, v in keys.items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -12,3 +12,20 @@ def ci_project(**sections) -> dict:
     data = yaml.safe_load(CI_CONFIG.read_text())
     data.update(sections)
     return data
+
+
+def write_tokenizer_files(d: Path, vocab_size: int) -> None:
+    """A real byte-level BPE tokenizer.json of exactly `vocab_size` tokens and its meta.json in `d`
+    (the target stage runs its probes with it), trained on a few probe-like sentences."""
+    import json
+
+    from vpd.config import TokenizerConfig
+    from vpd.data.tokenizer import eot_id, save_tokenizer, train_tokenizer
+
+    words = ("The woman lost her hat and the man shook his head; she said that he was here :) ;P =D "
+             "The princess and the prince, the queen and the king, mother and father, sister and brother.")
+    text = [words] * 20
+    cfg = TokenizerConfig(vocab_size=vocab_size, min_frequency=2, end_of_text="<|endoftext|>")
+    tok = train_tokenizer(text, cfg)
+    save_tokenizer(tok, d / "tokenizer.json")
+    (d / "meta.json").write_text(json.dumps({"vocab_size": vocab_size, "eot_id": eot_id(tok, cfg.end_of_text)}))

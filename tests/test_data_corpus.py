@@ -279,6 +279,33 @@ def test_missing_client_error(tmp_path, monkeypatch):
         fetch_source(deb, tmp_path)
 
 
+def test_debian_download_refreshes_missing_package_lists_once(tmp_path, monkeypatch):
+    """A fresh machine has no apt lists: `apt-get download` fails with "Unable to locate package";
+    as root the fetcher runs `apt-get update` once and retries; as a user it says to."""
+    calls = []
+
+    def fake_run(cmd, cwd, source):
+        calls.append(cmd[1])
+        if cmd[1] == "download" and "update" not in calls:
+            raise SourceError("fetching source 'fortunes' failed: ...\nE: Unable to locate package fortunes")
+        if cmd[1] == "download":
+            make_deb(Path(cwd) / "fortunes_1%3a1-1_all.deb", {"./usr/share/games/fortunes/a": "One.\n%\nTwo.\n"}, {})
+        return ""
+
+    monkeypatch.setattr(src.shutil, "which", lambda prog: f"/usr/bin/{prog}")
+    monkeypatch.setattr(src, "_run", fake_run)
+    monkeypatch.setattr(src.os, "geteuid", lambda: 0)
+    path = src._download(CorpusSource(kind="debian", name="fortunes", version="1:1-1", sha256="0" * 64, licence="x",
+                                      extractor="fortunes"), tmp_path / "debian")
+    assert calls == ["download", "update", "download"] and path.name == "fortunes_1%3a1-1_all.deb"
+    calls.clear()
+    monkeypatch.setattr(src.os, "geteuid", lambda: 1000)
+    with pytest.raises(SourceError, match=r"run `sudo apt-get update`"):
+        src._download(CorpusSource(kind="debian", name="fortunes", version="1:1-1", sha256="0" * 64, licence="x",
+                                   extractor="fortunes"), tmp_path / "debian2")
+    assert calls == ["download"]
+
+
 def test_local_text_files_globs_and_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text("first file")
     (tmp_path / "sub").mkdir()

@@ -19,6 +19,7 @@ from vpd.decomp.adversary import PersistentAdversary
 from vpd.decomp.config import DecompositionConfig, PGDConfig
 from vpd.decomp.masks import FlatLayout, stochastic_masks_flat
 from vpd.utils.distributed import Dist, DistributedConfigError, init_distributed, row_seeds
+from project import write_tokenizer_files
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 300
@@ -105,8 +106,7 @@ def _tokens(d: Path) -> Path:
     d.mkdir(parents=True)
     for name, n in (("train.bin", 4000), ("val.bin", 800)):
         rng.integers(0, VOCAB, n).astype(np.uint16).tofile(d / name)
-    (d / "meta.json").write_text(json.dumps({"vocab_size": VOCAB}))
-    (d / "tokenizer.json").write_text('{"model": "stand-in"}')
+    write_tokenizer_files(d, VOCAB)
     return d
 
 

@@ -124,3 +124,19 @@ def test_emoticon_probe_counts_faces_and_other_uses(tok):
     assert got["p_mouth"] == pytest.approx((math.exp(A) + len(mouth_ids) - 1) / z, rel=1e-5)
     assert got["p_actual_mouth"] == pytest.approx(math.exp(A) / z, rel=1e-5)
     assert got["p_mouth_other_uses"] == pytest.approx(got["p_mouth"], rel=1e-6)  # the rule ignores context
+
+
+def test_prompts_longer_than_the_context_keep_their_last_tokens(tok):
+    seen = []
+
+    class ShortContext(RuleLM):
+        cfg = type("Cfg", (), {"context": 2})()
+
+        def forward(self, idx):
+            seen.append(idx.tolist())
+            return super().forward(idx)
+
+    V = tok.get_vocab_size()
+    model = ShortContext(V, [])
+    lp = continuation_log_prob(model, [1, 2, 3, 4], [5])
+    assert seen == [[[3, 4]]] and lp == pytest.approx(math.log(1 / V))

@@ -20,6 +20,7 @@ from vpd.target.model import TargetLM
 from vpd.target.stage import run_train_target
 from vpd.target.train import build_optimizer, curve_steps, lm_loss, lr_at
 from vpd.utils import checkpoint as ckpt
+from project import write_tokenizer_files
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 300
@@ -48,8 +49,7 @@ def tokens_dir(tmp_path: Path) -> Path:
         noise = rng.integers(0, VOCAB, n)
         tokens = np.where(rng.random(n) < 0.2, noise, pattern).astype(np.uint16)
         tokens.tofile(d / name)
-    (d / "meta.json").write_text(json.dumps({"vocab_size": VOCAB}))
-    (d / "tokenizer.json").write_text('{"model": "stand-in"}')
+    write_tokenizer_files(d, VOCAB)
     return d
 
 

@@ -457,6 +457,9 @@ def _find_deb(directory: Path, name: str, version: str) -> Optional[Path]:
     return None
 
 
+_APT_UNKNOWN = re.compile(r"Unable to locate package|Can't select|has no installation candidate|Version .* was not found")
+
+
 def _download(source: CorpusSource, dest: Path) -> Path:
     """Run the client for `source` into a temp dir under `dest`; move the file into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -477,7 +480,18 @@ def _download(source: CorpusSource, dest: Path) -> Path:
             target_name = None
         elif source.kind == "debian":
             apt = _require_program("apt-get", source, "it runs on Debian/Ubuntu only; disable this source (`enabled: false`) elsewhere")
-            _run([apt, "download", f"{spec_name}={version}"], tmp, source)
+            try:
+                _run([apt, "download", f"{spec_name}={version}"], tmp, source)
+            except SourceError as exc:
+                if not _APT_UNKNOWN.search(str(exc)):
+                    raise
+                # A fresh machine has no package lists yet: refresh them once (needs root).
+                if os.geteuid() != 0:
+                    raise SourceError(f"{exc}\nThe package lists may be missing: run `sudo apt-get update` and retry.") from None
+                log.warning("source %s: apt-get knows no %s=%s; refreshing the package lists (apt-get update)",
+                            source.name, spec_name, version)
+                _run([apt, "update", "-qq"], tmp, source)
+                _run([apt, "download", f"{spec_name}={version}"], tmp, source)
             target_name = None
         else:
             raise ValueError(f"no downloader for kind {source.kind!r}")

@@ -67,6 +67,11 @@ def pronoun_prompts() -> list[PronounPrompt]:
 
 @torch.no_grad()
 def _last_log_probs(model: nn.Module, ids: list[int]) -> torch.Tensor:
+    """Next-token log-probabilities after `ids`, keeping the last `context` tokens if the model
+    has a context limit (a tiny tokenizer may spell a prompt in more tokens than that)."""
+    context = getattr(getattr(model, "cfg", None), "context", None)
+    if context is not None:
+        ids = ids[-context:]
     logits = model(torch.tensor([ids], dtype=torch.long))  # [1, T, V]
     return torch.log_softmax(logits[0, -1].float(), dim=-1)
 
