@@ -15,7 +15,7 @@ validate(config, "workflow/schemas/config.schema.json")
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vpd.config import ConfigError, parse_config  # noqa: E402
-from vpd.utils.io import write_yaml, read_yaml  # noqa: E402
+from vpd.utils.io import write_yaml  # noqa: E402
 
 try:
     parse_config(config, "snakemake config")  # typed checks across sections (e.g. vocab sizes)
@@ -24,11 +24,12 @@ except ConfigError as exc:
 
 RESULTS = f"results/{config['name']}"
 SRC = str(Path(workflow.basedir) / "src")
-# The merged config (config files + --config overrides) that every stage reads. Rewritten only when
-# it changes, so its mtime never triggers reruns; per-section `params` do that instead.
+# The merged config (config files + --config overrides) that every stage reads. The rule
+# `resolved_config` writes it inside the run (never while the DAG is built, so a dry run or a
+# second invocation changes nothing); stages take it as an `ancient` input, so rewriting it never
+# reruns them: their per-section `params` do that.
 RESOLVED_CONFIG = f"{RESULTS}/config.yaml"
-if not Path(RESOLVED_CONFIG).exists() or read_yaml(RESOLVED_CONFIG) != dict(config):
-    write_yaml(RESOLVED_CONFIG, dict(config))
+CONFIG_INPUT = ancient(RESOLVED_CONFIG)
 # Under --use-conda the env's `python` runs the package from src/; otherwise this interpreter does.
 _use_conda = "conda" in str(workflow.deployment_settings.deployment_method).lower()
 PYTHON = "python" if _use_conda else sys.executable
@@ -47,6 +48,19 @@ def launcher(world_size: int) -> str:
 TARGET_LAUNCH = launcher(config["target"]["train"]["world_size"])
 DECOMPOSE_LAUNCH = launcher(config["decompose"]["world_size"])
 CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
+
+
+localrules:
+    resolved_config,
+
+
+rule resolved_config:
+    output:
+        RESOLVED_CONFIG,
+    params:
+        config=dict(config),  # any change of the merged config rewrites the file
+    run:
+        write_yaml(output[0], params.config)
 
 
 include: "workflow/rules/data.smk"

@@ -60,6 +60,26 @@ def test_unpinned_package_source_rejected():
         parse_config(data)
 
 
+@pytest.mark.parametrize("bad", ["abc", "A" * 64, "0" * 63, "0" * 65, " " + "0" * 64])
+def test_sha256_must_be_64_lowercase_hex_digits(bad):
+    data = _load("ci.yaml")
+    data["corpus"]["sources"][0]["sha256"] = bad
+    with pytest.raises(ConfigError, match=r"corpus\.sources\.0\.sha256"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("key", [("decompose", "fused_kernels"), ("attribution", "pgd_persistent"),
+                                 ("report", "execute_notebooks")])
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0])
+def test_booleans_are_strict(key, value):
+    data = _load("ci.yaml")
+    data.setdefault(key[0], {})[key[1]] = value
+    with pytest.raises(ConfigError, match=rf"{key[0]}\.{key[1]}"):
+        parse_config(data)
+    data[key[0]][key[1]] = True
+    assert getattr(getattr(parse_config(data), key[0]), key[1]) is True
+
+
 def test_heads_must_split_width():
     data = _load("ci.yaml")
     data["target"]["model"]["n_head"] = 3
@@ -108,3 +128,27 @@ def test_config_readme_is_the_generated_reference_and_documents_every_key():
     assert (ROOT / "config/README.md").read_text() == text, "run `python -m vpd config-docs > config/README.md`"
     undocumented = [row for row in text.splitlines() if row.startswith("| `") and row.rstrip().endswith("|  |")]
     assert not undocumented, undocumented
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_dry_runs_write_nothing_under_results(tmp_path):
+    """Building the DAG writes no file: neither on a fresh folder nor over an existing run's merged
+    config, whatever `--config` overrides (a dry run during a real run changes nothing it reads)."""
+    args = ("-n", "--configfile", str(ROOT / "config/ci.yaml"), "--directory", str(tmp_path),
+            "--snakefile", str(ROOT / "Snakefile"))
+    res = _snakemake(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+    run = tmp_path / "results" / "ci"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text((ROOT / "config/ci.yaml").read_text())
+    (run / "corpus").mkdir()
+    (run / "corpus" / "stats.json").write_text("{}")
+    before = _tree(tmp_path / "results")
+    res = _snakemake(*args, "--config", "seed=7", "threads=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resolved_config" in res.stdout  # the merged config is rewritten by a job, not by the DAG build
+    assert _tree(tmp_path / "results") == before

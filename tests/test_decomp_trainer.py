@@ -137,11 +137,12 @@ def test_stage_writes_all_outputs(tmp_path):
     d["threads"] = 1
     pc = parse_config(d)
     (tmp_path / "tok").mkdir()
-    np.random.default_rng(0).integers(0, pc.tokenizer.vocab_size, 4000).astype(np.uint16).tofile(tmp_path / "tok" / "train.bin")
+    for split, n in (("train", 4000), ("val", 1000)):
+        np.random.default_rng(0).integers(0, pc.tokenizer.vocab_size, n).astype(np.uint16).tofile(tmp_path / "tok" / f"{split}.bin")
     TargetLM(pc.target.model).save_pretrained(tmp_path / "target")
     run_decompose(pc, tmp_path / "target", tmp_path / "tok", tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    for f in ("components.safetensors", "ci_fn.safetensors", "final_config.yaml", "metrics.jsonl",
+    for f in ("components.safetensors", "ci_fn.safetensors", "decomposition.json", "final_config.yaml", "metrics.jsonl",
               "fig_losses.png", "fig_losses.pdf", "fig_l0.png", "fig_l0.pdf", "checkpoints"):
         assert f in names, f
     first = (tmp_path / "out" / "metrics.jsonl").read_text()
@@ -150,6 +151,45 @@ def test_stage_writes_all_outputs(tmp_path):
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == first
     dec = Decomposition.load(tmp_path / "out", TargetLM.from_pretrained(tmp_path / "target"))
     assert dec.total_C == sum(dec.C.values()) > 0
+    assert set(dec.provenance) == {"target_sha256", "seed", "dtype", "train_tokens_sha256", "val_tokens_sha256"}
+    assert yaml.safe_load((tmp_path / "out" / "final_config.yaml").read_text())["provenance"] == dec.provenance
+
+
+def _stage_inputs(tmp_path):
+    import yaml
+
+    from vpd.config import parse_config
+
+    d = yaml.safe_load(open("config/ci.yaml"))
+    d["decompose"].update(steps=2, checkpoint_every=2)
+    pc = parse_config(d)
+    (tmp_path / "tok").mkdir()
+    for split in ("train", "val"):
+        np.zeros(2000, dtype=np.uint16).tofile(tmp_path / "tok" / f"{split}.bin")
+    TargetLM(pc.target.model).save_pretrained(tmp_path / "target")
+    return d, pc
+
+
+def test_stage_refuses_missing_validation_shard(tmp_path):
+    from vpd.decomp.stage import run_decompose
+
+    _, pc = _stage_inputs(tmp_path)
+    (tmp_path / "tok" / "val.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"token shard .*tok/val\.bin does not exist"):
+        run_decompose(pc, tmp_path / "target", tmp_path / "tok", tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_stage_refuses_a_target_folder_that_disagrees_with_the_config(tmp_path):
+    from vpd.config import parse_config
+    from vpd.decomp.stage import run_decompose
+    from vpd.utils.errors import InputError
+
+    d, pc = _stage_inputs(tmp_path)
+    d["target"]["model"]["d_mlp"] = pc.target.model.d_mlp * 2
+    other = parse_config(d)
+    with pytest.raises(InputError, match=rf"d_mlp {pc.target.model.d_mlp} in .*config\.json, {2 * pc.target.model.d_mlp} in the config"):
+        run_decompose(other, tmp_path / "target", tmp_path / "tok", tmp_path / "out")
 
 
 def test_iterable_batches_resume_equals_uninterrupted(tmp_path):

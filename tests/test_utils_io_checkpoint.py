@@ -142,3 +142,23 @@ def test_set_aside_renames_and_never_overwrites(tmp_path):
     second = ckpt.set_aside(root, "test")  # possibly within the same second: a distinct name
     assert second != first and first.exists()
     assert [p.name for p in ckpt.list_checkpoints(second)] == ["step-00000005"]
+
+
+def test_directories_that_do_not_verify_are_neither_newest_nor_pruned(tmp_path, caplog):
+    """A fake `step-00000099/` (no valid meta) sorts after the real checkpoints: it must not take one
+    of the `keep` slots, must not be resumed, and is never deleted (kept for inspection)."""
+    fake = tmp_path / "step-00000099"
+    fake.mkdir(parents=True)
+    (fake / "note.txt").write_text("not a checkpoint")
+    mislabelled = _save(tmp_path / "other", 7, 7.0)  # a valid checkpoint moved under another step's name
+    mislabelled.rename(tmp_path / "step-00000098")
+    (tmp_path / "step-junk").mkdir()
+    for step in (10, 20, 30, 40):
+        _save(tmp_path, step, step)  # keep=3
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["other", "step-00000020", "step-00000030", "step-00000040", "step-00000098", "step-00000099", "step-junk"]
+    assert not ckpt.verifies(fake) and not ckpt.verifies(tmp_path / "step-00000098") and ckpt.verifies(tmp_path / "step-00000040")
+    assert "step-junk" not in [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    _, meta = ckpt.load_latest(tmp_path)
+    assert meta["step"] == 40
+    assert "step-00000099" in caplog.text and "step-00000098" in caplog.text  # reported as skipped

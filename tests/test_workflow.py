@@ -57,3 +57,10 @@ def test_ci_dag_end_to_end(tmp_path):
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # A config change that no stage's params hold rewrites the merged config and reruns nothing else.
+    before = (out / "config.yaml").read_bytes()
+    changed = _snakemake(tmp_path, "--config", "threads=1")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    log = changed.stdout + changed.stderr
+    assert "rule resolved_config" in log and "rule corpus" not in log and "rule report" not in log
+    assert (out / "config.yaml").read_bytes() != before and "threads: 1" in (out / "config.yaml").read_text()

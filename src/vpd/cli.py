@@ -1,16 +1,20 @@
-"""Command line: `python -m vpd <stage> --config <yaml> [inputs] --out <dir>`.
+"""Command line: `python -m vpd [--debug] <stage> --config <yaml> [inputs] --out <dir>`.
 
 Every Snakemake rule calls one of these stages. The config is validated before any compute, and
-stage modules are imported lazily so that `python -m vpd schema` stays fast.
+stage modules are imported lazily so that `python -m vpd schema` stays fast. An error the user can
+fix (`vpd.utils.errors`) prints one line and exits with code 2; `--debug` or `VPD_DEBUG=1` shows
+its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from vpd.config import ConfigError, json_schema, load_config
+from vpd.config import json_schema, load_config
+from vpd.utils.errors import USER_OS_ERRORS, UserError, one_line
 from vpd.utils.io import to_json
 from vpd.utils.runtime import configure_threads, log, setup_logging
 
@@ -115,6 +119,7 @@ STAGE_FILES = {"notebook": [("notebook", "papermill template (.ipynb) to execute
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpd", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors (also VPD_DEBUG=1)")
     sub = parser.add_subparsers(dest="stage", required=True)
     for name, (_, inputs) in STAGES.items():
         p = sub.add_parser(name)
@@ -142,18 +147,24 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(render())
         return 0
+    debug = args.debug or os.environ.get("VPD_DEBUG", "") not in ("", "0")
     try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        return _run(args)
+    except (UserError, *USER_OS_ERRORS) as exc:
+        if debug:
+            raise
+        print(f"vpd {args.stage}: error: {one_line(exc)} (traceback: --debug or VPD_DEBUG=1)", file=sys.stderr)
         return 2
+
+
+def _run(args) -> int:
+    cfg = load_config(args.config)
     if args.stage == "validate":
         print(f"{args.config}: valid")
         return 0
     for inp in STAGES[args.stage][1]:
         if not Path(getattr(args, inp)).is_dir():
-            print(f"input directory --{inp} {getattr(args, inp)} does not exist", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"input directory --{inp} {getattr(args, inp)} does not exist")
     threads = configure_threads(cfg.threads)
     log.info("stage %s, config %s (%s), %d threads", args.stage, args.config, cfg.name, threads)
     STAGES[args.stage][0](cfg, args)

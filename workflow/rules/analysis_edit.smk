@@ -7,6 +7,7 @@ rule harvest:
     input:
         rules.train_target.output,
         rules.decompose.output,
+        resolved_config=CONFIG_INPUT,
     output:
         subcomponents=f"{RESULTS}/harvest/subcomponents.parquet",
         examples=f"{RESULTS}/harvest/examples.parquet",
@@ -42,6 +43,7 @@ rule edit:
     input:
         rules.train_target.output,
         rules.decompose.output,
+        resolved_config=CONFIG_INPUT,
     output:
         subcomponents=f"{RESULTS}/edit/emoticon_subcomponents.csv",
         results=f"{RESULTS}/edit/edit_results.csv",

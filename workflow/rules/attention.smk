@@ -7,6 +7,7 @@ rule attention:
         rules.train_target.output,
         rules.decompose.output,
         rules.tokenizer.output,
+        resolved_config=CONFIG_INPUT,
     output:
         prev=f"{RESULTS}/attention/prev_token_scores.csv",
         norms=f"{RESULTS}/attention/qk_comp_weight_norm.csv",

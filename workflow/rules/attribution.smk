@@ -9,6 +9,7 @@ rule attribution:
     input:
         rules.train_target.output,
         rules.decompose.output,
+        resolved_config=CONFIG_INPUT,
     output:
         table=f"{RESULTS}/attribution/graphs.csv",
         history=f"{RESULTS}/attribution/pruning_history.csv",

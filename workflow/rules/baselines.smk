@@ -8,6 +8,7 @@ rule baselines:
     input:
         rules.train_target.output,
         rules.decompose.output,
+        resolved_config=CONFIG_INPUT,
     output:
         transcoders=f"{RESULTS}/baselines/transcoders.csv",
         pareto=f"{RESULTS}/baselines/pareto.csv",
@@ -44,6 +45,7 @@ rule feature_splitting:
     input:
         rules.train_target.output,
         rules.baselines.output,
+        resolved_config=CONFIG_INPUT,
     output:
         splitting=f"{RESULTS}/feature_splitting/splitting.csv",
         matches=f"{RESULTS}/feature_splitting/splitting_matches.csv",

@@ -2,6 +2,8 @@
 
 
 rule corpus:
+    input:
+        resolved_config=CONFIG_INPUT,
     output:
         train=f"{RESULTS}/corpus/train.jsonl",
         val=f"{RESULTS}/corpus/val.jsonl",
@@ -28,6 +30,7 @@ rule corpus:
 rule tokenizer:
     input:
         rules.corpus.output,
+        resolved_config=CONFIG_INPUT,
     output:
         tokenizer=f"{RESULTS}/tokenizer/tokenizer.json",
         train=f"{RESULTS}/tokenizer/train.bin",

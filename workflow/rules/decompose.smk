@@ -5,9 +5,11 @@
 rule decompose:
     input:
         rules.train_target.output,
+        resolved_config=CONFIG_INPUT,
     output:
         components=f"{RESULTS}/decomposition/components.safetensors",
         ci_fn=f"{RESULTS}/decomposition/ci_fn.safetensors",
+        meta=f"{RESULTS}/decomposition/decomposition.json",
         config=f"{RESULTS}/decomposition/final_config.yaml",
         metrics=f"{RESULTS}/decomposition/metrics.jsonl",
         losses=f"{RESULTS}/decomposition/fig_losses.png",

@@ -6,6 +6,7 @@ rule evaluate:
     input:
         rules.train_target.output,
         rules.decompose.output,
+        resolved_config=CONFIG_INPUT,
     output:
         strategies=f"{RESULTS}/evaluation/mask_strategies.csv",
         pgd=f"{RESULTS}/evaluation/pgd_steps.csv",

@@ -15,6 +15,7 @@ rule notebook:
     input:
         template=f"{workflow.basedir}/notebooks/{{section}}.ipynb",
         artifacts=lambda wc: [str(f) for outs in NOTEBOOK_INPUTS[wc.section] for f in outs],
+        resolved_config=CONFIG_INPUT,
     output:
         f"{RESULTS}/notebooks/{{section}}.ipynb",
     wildcard_constraints:
@@ -42,6 +43,7 @@ rule report:
     input:
         notebooks=expand(f"{RESULTS}/notebooks/{{section}}.ipynb", section=NOTEBOOK_INPUTS),
         artifacts=[str(f) for section in NOTEBOOK_INPUTS.values() for outs in section for f in outs],
+        resolved_config=CONFIG_INPUT,
     output:
         readme=f"{RESULTS}/paper/README.md",
     params:

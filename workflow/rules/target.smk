@@ -6,6 +6,7 @@
 rule train_target:
     input:
         rules.tokenizer.output,
+        resolved_config=CONFIG_INPUT,
     output:
         model=f"{RESULTS}/target/model.safetensors",
         config=f"{RESULTS}/target/config.json",

@@ -210,7 +210,8 @@ def run_attention(cfg, target_dir, decomposition_dir, tokens_dir, out_dir) -> No
     out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     acfg = cfg.attention
-    target, dec = load_decomposition(target_dir, decomposition_dir, dtype=torch.float32, device=device)
+    target, dec = load_decomposition(target_dir, decomposition_dir, dtype=torch.float32, device=device,
+                                     expect=cfg.target.model)
     n_layer, n_head = target.cfg.n_layer, target.cfg.n_head
     layer = acfg.layer
     if layer >= n_layer:

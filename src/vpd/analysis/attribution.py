@@ -278,7 +278,8 @@ def run_attribution(cfg, target_dir, decomposition_dir, out_dir) -> None:
     out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     acfg = cfg.attribution
-    target, dec = load_decomposition(target_dir, decomposition_dir, dtype=torch.float32, device=device)
+    target, dec = load_decomposition(target_dir, decomposition_dir, dtype=torch.float32, device=device,
+                                     expect=cfg.target.model)
     tok = load_tokenizer(Path(target_dir) / "tokenizer.json")
     gen = torch.Generator().manual_seed(cfg.seed)
     stems = {(p, v): s for p, v, s in acfg.graph_stems()}

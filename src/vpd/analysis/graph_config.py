@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -77,7 +77,7 @@ class AttributionConfig(_Strict):
     stochastic_samples: int = Field(4, ge=1, description="stochastic mask samples per pruning step")
     pgd_steps: int = Field(4, ge=1, description="sign-ascent steps of the attack inside each pruning step")
     pgd_step_size: float = Field(0.2, gt=0, description="sign-ascent step of the attack inside the pruning objective")
-    pgd_persistent: bool = Field(
+    pgd_persistent: StrictBool = Field(
         True, description="keep the objective's attack sources across pruning steps (pgd_steps more ascent steps each "
         "pruning step) instead of a fresh U(0,1) start every step")
     attack_surface: str = Field(
@@ -133,6 +133,6 @@ class AttentionConfig(_Strict):
 class ReportConfig(_Strict):
     """The papermill notebooks and results/<name>/paper/README.md."""
 
-    execute_notebooks: bool = Field(True, description="run the notebooks of notebooks/ with papermill into results/<name>/notebooks/")
+    execute_notebooks: StrictBool = Field(True, description="run the notebooks of notebooks/ with papermill into results/<name>/notebooks/")
     kernel_name: str = Field("python3", description="Jupyter kernel (ipykernel in the same environment provides 'python3')")
     timeout: int = Field(600, ge=10, description="seconds a notebook cell may run")

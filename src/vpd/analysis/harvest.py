@@ -341,7 +341,8 @@ def load_decomposition(project_cfg, target_dir: Path, decomposition_dir: Path):
     from vpd.utils.runtime import default_device, resolve_precision
 
     device = default_device()
-    return load(target_dir, decomposition_dir, dtype=resolve_precision(project_cfg.precision, device), device=device)
+    return load(target_dir, decomposition_dir, dtype=resolve_precision(project_cfg.precision, device), device=device,
+                expect=project_cfg.target.model)
 
 
 def run_harvest(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, out_dir: Path) -> HarvestResult:

@@ -104,7 +104,7 @@ def run_baselines(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomp
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    target, _ = load_target(target_dir, device)
+    target, _ = load_target(target_dir, device, expect=cfg.target.model)
     windows = eval_windows(cfg, tokens_dir, target.cfg.context)  # [N, T + 1]
 
     # Transcoders: train (or reuse), then score locally and spliced.

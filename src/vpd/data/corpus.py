@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from vpd.config import CorpusConfig, CorpusSource
 from vpd.data.sources import FetchedSource, fetch_source
+from vpd.utils.errors import UserError
 from vpd.utils.io import atomic_path, write_json
 
 log = logging.getLogger("vpd")
@@ -39,7 +40,7 @@ _PRINCESS_RE = re.compile(r"princess", re.I)  # substring, any case ("Princesses
 _HER_RE = re.compile(r"\bher\b", re.I)  # the word only ("Her" counts, "here" does not)
 
 
-class CorpusError(RuntimeError):
+class CorpusError(UserError, RuntimeError):
     """The corpus cannot be built as configured; the message says which setting to change."""
 
 

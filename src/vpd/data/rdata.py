@@ -18,13 +18,15 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from vpd.utils.errors import UserError
+
 # SEXP type codes (R Internals, "Serialization formats").
 NILSXP, SYMSXP, LISTSXP, CHARSXP, LGLSXP, INTSXP, REALSXP, STRSXP, VECSXP = 0, 1, 2, 9, 10, 13, 14, 16, 19
 REFSXP, NILVALUE_SXP, GLOBALENV_SXP, EMPTYENV_SXP, BASEENV_SXP = 255, 254, 253, 242, 241
 _NA_INT = -(2**31)
 
 
-class RDataError(ValueError):
+class RDataError(UserError, ValueError):
     """The bytes are not an R serialization this reader understands."""
 
 

@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 from vpd.config import CorpusSource
 from vpd.data.rdata import RDataError, character_vectors, read_lazyload
+from vpd.utils.errors import UserError
 from vpd.utils.io import sha256_file
 
 log = logging.getLogger("vpd")
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """A source could not be fetched, verified or read; the message names the source and the fix."""
 
 

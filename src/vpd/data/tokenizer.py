@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from vpd.config import TokenizerConfig
 from vpd.data.corpus import iter_jsonl_texts
+from vpd.utils.errors import UserError
 from vpd.utils.io import atomic_path, sha256_file, write_json
 
 log = logging.getLogger("vpd")
@@ -34,7 +35,7 @@ PUNCT_ISOLATE = r" ?[^\p{L}\p{N}\s]"
 MAX_UINT16_VOCAB = 65535  # config bound: ids 0..65534 fit uint16
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(UserError, RuntimeError):
     """The tokenizer cannot be trained or used as configured; the message says what to change."""
 
 
@@ -88,7 +89,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer {path} does not exist (run the tokenizer stage first)")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises a bare Exception for unreadable JSON
+        raise TokenizerError(f"tokenizer {path} cannot be read ({exc}): rerun the tokenizer stage") from exc
     tok.encode_special_tokens = True
     return tok
 
@@ -174,6 +178,7 @@ def build_tokenizer(cfg: TokenizerConfig, corpus_dir: str | Path, out_dir: str |
         "n_documents": n_docs,
         "bytes_per_token": {s: round(n_bytes[s] / max(1, n_tokens[s]), 4) for s in splits},
         "tokenizer_sha256": sha256_file(out_dir / "tokenizer.json"),
+        "shard_sha256": {s: sha256_file(out_dir / f"{s}.bin") for s in splits},
         "corpus_sha256": {s: sha256_file(p) for s, p in splits.items()},
     }
     write_json(out_dir / "meta.json", meta)

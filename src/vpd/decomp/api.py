@@ -8,7 +8,7 @@
     dec = Decomposition.load("results/x/decomposition", target)
 
 `decompose(target, train_batches, config, *, seed=0, dtype=torch.float32, device=None,
-out_dir=None, eval_batch=None, progress=True, dist=None) -> Decomposition`
+out_dir=None, eval_batch=None, progress=True, dist=None, inputs=None) -> Decomposition`
     Decomposes the nn.Linear modules of any nn.Module `target` matched by `config.matrices`
     (fnmatch patterns, a C each; a pattern matching nothing raises, listing the available
     names). `train_batches` is either a callable `generator -> batch` (resumable exactly: the
@@ -42,10 +42,14 @@ the trained one comes from `decompose` or `Decomposition.load`), bound to its ta
                              [..., C]; matrices missing from `masks` run their original weight;
                              `delta_masks` None (or a missing name) excludes Δ (m_Δ = 0), a
                              tensor [...] or float scales it.
-    .save(dir) / Decomposition.load(dir, target, *, dtype=torch.float32, device=None)
+    .save(dir) / Decomposition.load(dir, target, *, dtype=torch.float32, device=None,
+                             allow_mismatch=False)
                              components.safetensors (name.V, name.U), ci_fn.safetensors,
-                             decomposition.json (config, names, C, shapes); load checks that the
-                             saved matrices and shapes match the target's, naming both.
+                             decomposition.json (config, names, C, shapes, provenance); load checks
+                             that the saved matrices and shapes match the target's, naming both,
+                             and raises ProvenanceError if the target's weights digest differs
+                             from the recorded one (unless allow_mismatch=True).
+    .provenance              {target_sha256, seed, dtype, input digests} it was computed from
     .history                 metrics records of the run that produced it (empty after load)
 """
 
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
@@ -66,10 +71,13 @@ from vpd.decomp.components import Components, match_matrices
 from vpd.decomp.config import DecompositionConfig
 from vpd.decomp.masks import FlatLayout
 from vpd.utils.io import atomic_path, read_json, write_json
+from vpd.utils.provenance import ProvenanceError, differences, module_digest
 from vpd.utils.runtime import autocast
 
 if TYPE_CHECKING:
     from vpd.utils.distributed import Dist
+
+log = logging.getLogger("vpd")
 
 COMPONENTS_FILE = "components.safetensors"
 CI_FN_FILE = "ci_fn.safetensors"
@@ -106,6 +114,9 @@ class Decomposition:
         # flat [..., ΣC] layout of CIs and masks: the CI function's read-out order
         self.layout = FlatLayout(self.ci_fn.order, self.ci_fn.splits)
         self.history: list[dict] = []
+        # what the components were computed from: the target's weights digest, and from `decompose`
+        # the seed, the autocast dtype and the caller's input digests
+        self.provenance: dict[str, Any] = {"target_sha256": module_digest(self.target)}
         self._flat_forward_kernel = fused.kernel(self._flat_forward, fullgraph=False)
 
     # ------------------------------------------------------------ structure
@@ -246,6 +257,7 @@ class Decomposition:
                 "names": self.names,
                 "C": self.C,
                 "shapes": {n: list(s) for n, s in self.shapes.items()},
+                "provenance": self.provenance,
             },
         )
 
@@ -257,6 +269,7 @@ class Decomposition:
         *,
         dtype: torch.dtype = torch.float32,
         device: Optional[torch.device] = None,
+        allow_mismatch: bool = False,
     ) -> "Decomposition":
         in_dir = Path(in_dir)
         for f in (META_FILE, COMPONENTS_FILE, CI_FN_FILE):
@@ -280,6 +293,16 @@ class Decomposition:
             raise ValueError(
                 f"decomposition {in_dir} was made for matrices {meta['C']} but its config matches {dec.C} on this target"
             )
+        recorded = dict(meta.get("provenance") or {})
+        stale = differences({"target_sha256": recorded.get("target_sha256")}, {"target_sha256": dec.provenance["target_sha256"]})
+        if stale and not allow_mismatch:
+            raise ProvenanceError(
+                f"decomposition {in_dir} was computed from another target ({stale[0]}): rerun the decompose "
+                "stage on this target, or pass allow_mismatch=True to use it anyway"
+            )
+        if stale:
+            log.warning("using decomposition %s with another target than its own (%s)", in_dir, stale[0])
+        dec.provenance = recorded  # what the components were computed from, as recorded
         comp = load_file(str(in_dir / COMPONENTS_FILE))
         with torch.no_grad():
             for n in dec.names:
@@ -294,13 +317,15 @@ class Decomposition:
 
 
 def load_decomposition(
-    target_dir: str | Path, decomposition_dir: str | Path, *, dtype: torch.dtype = torch.float32, device=None
+    target_dir: str | Path, decomposition_dir: str | Path, *, dtype: torch.dtype = torch.float32, device=None,
+    expect=None,
 ) -> tuple[nn.Module, "Decomposition"]:
-    """The trained target from a `train_target` output dir (frozen, eval mode) and its decomposition."""
+    """The trained target from a `train_target` output dir (frozen, eval mode; `expect`, a
+    TargetModelConfig, refuses another architecture) and its decomposition."""
     from vpd.target.model import TargetLM
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    target = TargetLM.from_pretrained(target_dir, map_location=device).eval()
+    target = TargetLM.from_pretrained(target_dir, map_location=device, expect=expect).eval()
     target.requires_grad_(False)
     return target, Decomposition.load(decomposition_dir, target, dtype=dtype, device=device)
 
@@ -323,14 +348,18 @@ def decompose(
     eval_batch: Any = None,
     progress: bool = True,
     dist: Optional["Dist"] = None,
+    inputs: Optional[Mapping[str, str]] = None,
 ) -> Decomposition:
     """Run the VPD optimisation on `target` and return the trained Decomposition.
 
     Under torchrun pass `dist=vpd.utils.distributed.init_distributed(config.world_size, ...)`:
-    each process then trains on its rows of every global batch (see decomp/trainer.py)."""
+    each process then trains on its rows of every global batch (see decomp/trainer.py).
+    `inputs` ({name: digest}, e.g. the token shards' sha256) joins the target's digest, the seed and
+    the dtype in `provenance`: checkpoints recorded under other values are set aside, not resumed."""
     from vpd.decomp.trainer import Trainer
 
     dec = Decomposition(target, config, seed=seed, dtype=dtype, device=device)
+    dec.provenance.update({"seed": int(seed), "dtype": str(dtype).removeprefix("torch."), **(inputs or {})})
     trainer = Trainer(dec, train_batches, seed=seed, out_dir=out_dir, eval_batch=eval_batch, progress=progress,
                       dist=dist)
     trainer.run()

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from vpd.decomp.config import MatrixSpec
+from vpd.utils.errors import InputError
 
 
 class MatrixComponents(nn.Module):
@@ -86,7 +87,7 @@ def match_matrices(target: nn.Module, specs: list[MatrixSpec]) -> dict[str, int]
     for spec in specs:
         hits = [n for n in linears if fnmatch.fnmatchcase(n, spec.pattern)]
         if not hits:
-            raise ValueError(
+            raise InputError(
                 f"decompose.matrices pattern {spec.pattern!r} matches no nn.Linear of the target; "
                 f"available: {', '.join(linears) if linears else '(none)'}"
             )

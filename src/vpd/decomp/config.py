@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 
 class _Strict(BaseModel):
@@ -94,7 +94,7 @@ class DecompositionConfig(_Strict):
     alive_threshold: float = Field(1e-6, ge=0, description="alive: mean CI over eval tokens above this")
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable checkpoints")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
-    fused_kernels: bool = Field(
+    fused_kernels: StrictBool = Field(
         False, description="compile the elementwise work over the [B, T, ΣC] tensors into fused kernels (torch.compile; "
         "about 20-40 s of compiling at the start, then faster steps; falls back to eager if compiling fails)"
     )

@@ -16,7 +16,8 @@ import torch
 from vpd.config import ProjectConfig
 from vpd.data.tokens import TokenShard
 from vpd.decomp.api import decompose
-from vpd.utils.io import write_yaml
+from vpd.utils.errors import InputError
+from vpd.utils.io import sha256_file, write_yaml
 from vpd.utils.distributed import init_distributed
 from vpd.utils.memory import check_memory, estimate_decomposition_bytes
 from vpd.utils.runtime import configure_threads, resolve_precision, reuse_freed_memory, seed_everything
@@ -38,28 +39,29 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
     seed_everything(cfg.seed)
     device = dist.device
     dtype = resolve_precision(cfg.precision, device)
-    target = TargetLM.from_pretrained(target_dir, map_location=device)
+    target = TargetLM.from_pretrained(target_dir, map_location=device, expect=cfg.target.model)
     seq_len = dcfg.seq_len or target.cfg.context
     if seq_len > target.cfg.context:
-        raise ValueError(f"decompose.seq_len {seq_len} exceeds the target's context {target.cfg.context}")
+        raise InputError(f"decompose.seq_len {seq_len} exceeds the target's context {target.cfg.context}: lower it or set it to null")
     check_memory(estimate_decomposition_bytes(target.cfg, dcfg, device=device, dtype=dtype), device, what="decompose",
                  keys="decompose.batch_size, decompose.seq_len, the C values of decompose.matrices or the "
                       "decompose.ci_fn size (or raise decompose.world_size)")
-    train = TokenShard(Path(tokens_dir) / "train.bin", seq_len)
-    val_path = Path(tokens_dir) / "val.bin"
-    eval_shard = TokenShard(val_path, seq_len) if val_path.exists() else train
-    eval_batch = eval_shard.eval_windows(dcfg.eval_batch_size or dcfg.batch_size)[:, :seq_len]
+    train_path, val_path = Path(tokens_dir) / "train.bin", Path(tokens_dir) / "val.bin"
+    train, val = TokenShard(train_path, seq_len), TokenShard(val_path, seq_len)  # both must exist
+    eval_batch = val.eval_windows(dcfg.eval_batch_size or dcfg.batch_size)[:, :seq_len]
+    inputs = {"train_tokens_sha256": sha256_file(train_path), "val_tokens_sha256": sha256_file(val_path)}
 
     def batches(gen: torch.Generator) -> torch.Tensor:
         return train.sample_batch(dcfg.batch_size, gen)[:, :seq_len]  # [B, T]
 
     log.info("decomposing %s (%s) into %s, rank %d of %d", target_dir, dtype, out_dir, dist.rank, dist.world_size)
     dec = decompose(target, batches, dcfg, seed=cfg.seed, dtype=dtype, device=device,
-                    out_dir=out_dir, eval_batch=eval_batch, dist=dist)
+                    out_dir=out_dir, eval_batch=eval_batch, dist=dist, inputs=inputs)
     if not dist.is_main:
         return  # rank 0 writes the outputs
     dec.save(out_dir)
-    write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).replace("torch.", "")})
+    write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).replace("torch.", ""),
+                                               "provenance": dec.provenance})
     df = pd.DataFrame(dec.history if dec.history else [])
     metrics_path = out_dir / "metrics.jsonl"
     if metrics_path.exists():

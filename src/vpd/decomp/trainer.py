@@ -48,12 +48,14 @@ from vpd.decomp.masks import stochastic_masks_flat
 from vpd.decomp.monitor import l0_per_matrix, quick_eval
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.distributed import Dist, DistributedConfigError, row_seeds
+from vpd.utils.errors import UserError
 from vpd.utils.io import MetricsLog
+from vpd.utils.provenance import differences
 
 log = logging.getLogger("vpd")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss term became NaN or inf; the message names the step and the term."""
 
 
@@ -312,6 +314,7 @@ class Trainer:
             "adv_t": self.adversary.t if self.adversary is not None else None,
             "batches_consumed": self._consumed,
             "config": self.cfg.to_dict(),
+            "provenance": self.dec.provenance,
             "metrics": self.metrics.read() if self.metrics is not None else [],  # restored on resume
         }
         ckpt.save(root, steps_done, tensors, meta, keep=self.cfg.checkpoint_keep)
@@ -327,6 +330,10 @@ class Trainer:
         tensors, meta = found
         if meta["config"] != self.cfg.to_dict():
             ckpt.set_aside_on_all_ranks(root, "written with a different decompose config", self.dist)
+            return 0
+        stale = differences(meta.get("provenance"), self.dec.provenance)
+        if stale:
+            ckpt.set_aside_on_all_ranks(root, "computed from other inputs (" + "; ".join(stale) + ")", self.dist)
             return 0
         with torch.no_grad():
             for m in self.dec.comps.mats:

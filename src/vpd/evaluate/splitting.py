@@ -183,7 +183,7 @@ def run_feature_splitting(
     dtype = resolve_precision(cfg.precision, device)
     fs, ecfg = cfg.feature_splitting, cfg.evaluate
     t0 = time.perf_counter()
-    target, _ = load_target(target_dir, device)
+    target, _ = load_target(target_dir, device, expect=cfg.target.model)
     windows = eval_windows(cfg, tokens_dir, target.cfg.context)
     base = splitting_matrices(cfg, target)
 

@@ -38,14 +38,15 @@ def eval_windows(cfg: ProjectConfig, tokens_dir: Path, context: int) -> torch.Te
     return TokenShard(Path(tokens_dir) / "val.bin", context).eval_windows(n)
 
 
-def load_target(target_dir: Path, device: torch.device):
-    """The trained target (frozen, eval mode) and its `curve.csv`."""
+def load_target(target_dir: Path, device: torch.device, expect=None):
+    """The trained target (frozen, eval mode) and its `curve.csv`; `expect` (the config's
+    `target.model`) refuses a target folder trained under another architecture."""
     from vpd.target.model import TargetLM
 
     curve_path = Path(target_dir) / "curve.csv"
     if not curve_path.exists():
         raise FileNotFoundError(f"{curve_path} does not exist (run the train_target stage first)")
-    target = TargetLM.from_pretrained(target_dir, map_location=device).eval()
+    target = TargetLM.from_pretrained(target_dir, map_location=device, expect=expect).eval()
     target.requires_grad_(False)
     return target, pd.read_csv(curve_path)
 
@@ -61,7 +62,7 @@ def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decompo
     ecfg = cfg.evaluate
     t0 = time.perf_counter()
 
-    target, curve = load_target(target_dir, device)
+    target, curve = load_target(target_dir, device, expect=cfg.target.model)
     dec = Decomposition.load(decomposition_dir, target, dtype=dtype, device=device)
     windows = eval_windows(cfg, tokens_dir, target.cfg.context)  # [N, T + 1]
     if ecfg.eval_sequences not in (None, cfg.target.train.eval_sequences):

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from vpd.config import TargetModelConfig
 from vpd.target.loss import unembed_cross_entropy
+from vpd.utils.errors import InputError
 from vpd.utils.io import atomic_path, write_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -227,8 +228,11 @@ class TargetLM(nn.Module):
         write_json(out_dir / CONFIG_FILE, self.cfg.model_dump(mode="json"))
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, map_location: str | torch.device = "cpu") -> "TargetLM":
-        """Load a model written by `save_pretrained`, checking config.json against the tensors."""
+    def from_pretrained(
+        cls, model_dir: str | Path, map_location: str | torch.device = "cpu", expect: TargetModelConfig | None = None
+    ) -> "TargetLM":
+        """Load a model written by `save_pretrained`, checking config.json against the tensors and,
+        with `expect` (the run config's `target.model`), against the config the caller runs under."""
         model_dir = Path(model_dir)
         cfg_path, weights_path = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
         for path in (cfg_path, weights_path):
@@ -237,9 +241,19 @@ class TargetLM(nn.Module):
         try:
             cfg = TargetModelConfig.model_validate(json.loads(cfg_path.read_text(encoding="utf-8")))
         except (ValueError, ValidationError) as exc:
-            raise ValueError(f"{cfg_path} is not a valid TargetModelConfig: {exc}") from exc
+            raise InputError(f"{cfg_path} is not a valid TargetModelConfig: {exc}") from exc
+        if expect is not None and cfg != expect:
+            found, wanted = cfg.model_dump(), expect.model_dump()
+            diff = [f"{k} {found[k]} in {cfg_path}, {wanted[k]} in the config" for k in wanted if found[k] != wanted[k]]
+            raise InputError(
+                f"the target in {model_dir} differs from the config's target.model: " + "; ".join(diff)
+                + " (retrain the target or fix the config)"
+            )
         model = cls(cfg)
-        tensors = load_file(str(weights_path))
+        try:
+            tensors = load_file(str(weights_path))
+        except Exception as exc:  # safetensors raises several error types for truncated or bad files
+            raise InputError(f"{weights_path} cannot be read ({exc}): retrain the target or restore the file") from exc
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in tensors.items()}
         if expected != found:
@@ -250,7 +264,7 @@ class TargetLM(nn.Module):
                 for k in sorted(expected.keys() & found.keys())
                 if expected[k] != found[k]
             ]
-            raise ValueError(
+            raise InputError(
                 f"{weights_path} does not match {cfg_path}: " + "; ".join(sorted(problems)[:10])
                 + (" ..." if len(problems) > 10 else "")
             )

@@ -18,7 +18,8 @@ from vpd.config import ProjectConfig
 from vpd.data.tokenizer import load_tokenizer
 from vpd.target.probes import run_probes
 from vpd.target.train import train_target
-from vpd.utils.io import read_json, write_bytes, write_csv, write_yaml
+from vpd.utils.errors import InputError
+from vpd.utils.io import read_json, sha256_file, write_bytes, write_csv, write_yaml
 from vpd.utils.distributed import init_distributed
 from vpd.utils.memory import check_memory, estimate_target_training_bytes
 from vpd.utils.runtime import log, resolve_precision, reuse_freed_memory
@@ -34,13 +35,26 @@ def check_inputs(cfg: ProjectConfig, tokens_dir: Path) -> dict:
     meta_path = tokens_dir / "meta.json"
     meta = read_json(meta_path)
     if "vocab_size" not in meta:
-        raise ValueError(f"{meta_path} has no `vocab_size` key")
+        raise InputError(f"{meta_path} has no `vocab_size` key")
     if meta["vocab_size"] != cfg.target.model.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"vocab_size {meta['vocab_size']} in {meta_path} differs from target.model.vocab_size "
             f"{cfg.target.model.vocab_size} in the config: retrain the tokenizer or fix the config"
         )
+    recorded = {"tokenizer.json": meta.get("tokenizer_sha256"), **{f"{s}.bin": h for s, h in meta.get("shard_sha256", {}).items()}}
+    for name, want in recorded.items():
+        if want is not None and sha256_file(tokens_dir / name) != want:
+            raise InputError(
+                f"{tokens_dir / name} does not match the sha256 recorded in {meta_path} (changed or truncated "
+                "since the tokenizer stage wrote it): rerun the tokenizer stage"
+            )
+    load_tokenizer(tokens_dir / "tokenizer.json")  # parses, or names the file
     return meta
+
+
+def input_digests(tokens_dir: Path) -> dict[str, str]:
+    """sha256 of every file the target is trained from (recorded in final_config.yaml)."""
+    return {f"{name}_sha256": sha256_file(tokens_dir / name) for name in ("tokenizer.json", "train.bin", "val.bin")}
 
 
 def write_probes(model, tokens_dir: Path, out_dir: Path, seed: int) -> pd.DataFrame:
@@ -97,6 +111,7 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
         "non_embedding_parameters": model.num_params(non_embedding=True),
         "flops_per_token": model.flops_per_token(),
         "final_val_ce": result.curve[-1]["val_ce"],
+        "inputs": input_digests(tokens_dir),
     }
     summary = write_probes(model, tokens_dir, out_dir, cfg.seed)
     final["probes"] = {f"{r.probe} {r.quantity}": float(r.value) for r in summary.itertuples()}

@@ -30,7 +30,9 @@ from vpd.config import TargetModelConfig, TargetTrainConfig
 from vpd.data.tokens import TokenShard
 from vpd.target.model import TargetLM
 from vpd.utils import checkpoint as ckpt
-from vpd.utils.io import MetricsLog, write_text
+from vpd.utils.errors import UserError
+from vpd.utils.io import MetricsLog, sha256_file, write_text
+from vpd.utils.provenance import differences
 from vpd.utils.distributed import Dist
 from vpd.utils.runtime import autocast, log, seed_everything
 
@@ -39,7 +41,7 @@ CURVE_COLUMNS = ("step", "tokens", "flops", "val_ce")
 RESUME_FREE_KEYS = ("checkpoint_every",)
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """The loss, the gradient norm or the weights became NaN/inf."""
 
 
@@ -135,11 +137,14 @@ class TrainResult:
     finished: bool = True
 
 
-def _resume_signature(mcfg: TargetModelConfig, tcfg: TargetTrainConfig, seed: int, precision: str) -> dict:
+def _resume_signature(mcfg: TargetModelConfig, tcfg: TargetTrainConfig, seed: int, precision: str,
+                      shards: dict[str, Path]) -> dict:
+    """Everything a checkpoint's state depends on: the config, seed, precision and the token shards' sha256."""
     train = tcfg.model_dump(mode="json")
     for key in RESUME_FREE_KEYS:
         train.pop(key)
-    return {"model": mcfg.model_dump(mode="json"), "train": train, "seed": seed, "precision": precision}
+    return {"model": mcfg.model_dump(mode="json"), "train": train, "seed": seed, "precision": precision,
+            "inputs": {f"{name}_sha256": sha256_file(path) for name, path in shards.items()}}
 
 
 def train_target(
@@ -167,7 +172,8 @@ def train_target(
         raise ValueError(f"target.train.world_size is {tcfg.world_size} but training runs in {dist.world_size} process(es)")
     metrics = MetricsLog(out_dir / "metrics.jsonl") if dist.is_main else None
     curve_path = out_dir / "curve.csv"
-    signature = _resume_signature(mcfg, tcfg, seed, str(dtype).removeprefix("torch."))
+    signature = _resume_signature(mcfg, tcfg, seed, str(dtype).removeprefix("torch."),
+                                  {"train_tokens": Path(train_bin), "val_tokens": Path(val_bin)})
 
     seed_everything(seed)
     model = TargetLM(mcfg).to(device)
@@ -183,7 +189,9 @@ def train_target(
     step, curve = 0, []
     state = ckpt.load_latest(ckpt_dir)
     if state is not None and state[1].get("signature") != signature:
-        ckpt.set_aside_on_all_ranks(ckpt_dir, "written with a different target config/seed/precision", dist)
+        stale = differences(state[1].get("signature"), signature)
+        ckpt.set_aside_on_all_ranks(ckpt_dir, "written with another config, seed, precision or token shards ("
+                                    + "; ".join(stale[:4]) + ")", dist)
         state = None
     if state is not None:
         tensors, meta = state

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -23,15 +24,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vpd.utils.errors import UserError
 from vpd.utils.io import read_json, sha256_file, write_json
 
 log = logging.getLogger("vpd")
 
 TENSOR_FILE = "tensors.safetensors"
+STEP_DIR = re.compile(r"step-\d{8}")
 META_FILE = "meta.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, truncated, corrupted or does not match what loads it."""
 
 
@@ -105,16 +108,38 @@ def save(root: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: di
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        # only checkpoints that verify count towards `keep` and are pruned; any other directory is
+        # left alone for inspection
+        for old in [p for p in list_checkpoints(root) if verifies(p)][:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
+    """The `step-<8 digits>` directories under `root`, oldest first (valid or not)."""
     root = Path(root)
     if not root.exists():
         return []
-    return sorted(p for p in root.glob("step-*") if p.is_dir())
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and STEP_DIR.fullmatch(p.name))
+
+
+def verifies(path: str | Path) -> bool:
+    """Whether `path` is a complete checkpoint: meta.json readable, its step matching the directory
+    name, and the tensor file's sha256 the recorded one."""
+    path = Path(path)
+    try:
+        meta = read_json(path / META_FILE)
+        return _names_its_step(path, meta) and meta.get("sha256") == sha256_file(path / TENSOR_FILE)
+    except (OSError, ValueError):
+        return False
+
+
+def _names_its_step(path: Path, meta) -> bool:
+    try:
+        return path.name == f"step-{int(meta['step']):08d}"
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -127,6 +152,8 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = read_json(meta_file)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {meta_file} is not valid JSON: {exc}") from exc
+    if not _names_its_step(path, meta):
+        raise CheckpointError(f"checkpoint {meta_file} does not record the step its directory is named for")
     actual = sha256_file(tensor_file)
     if meta.get("sha256") != actual:
         raise CheckpointError(f"checkpoint {tensor_file} is corrupted: sha256 {actual} != recorded {meta.get('sha256')}")

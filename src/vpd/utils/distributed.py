@@ -24,8 +24,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vpd.utils.errors import UserError
 
-class DistributedConfigError(ValueError):
+
+class DistributedConfigError(UserError, ValueError):
     """The config's world_size and the way the process was launched disagree."""
 
 

@@ -43,6 +43,8 @@ from typing import Optional
 
 import torch
 
+from vpd.utils.errors import UserError
+
 log = logging.getLogger("vpd")
 
 SKIP_ENV = "VPD_SKIP_MEMORY_CHECK"
@@ -60,7 +62,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a number near 2^63
 
 
-class MemoryEstimateError(ValueError):
+class MemoryEstimateError(UserError, ValueError):
     """The estimated memory of a stage exceeds what is available; the message names the keys."""
 
 

@@ -1,0 +1,54 @@
+"""Provenance: content digests of what a result was computed from, and their comparison.
+
+A checkpoint, a decomposition and a stage's `final_config.yaml` record a flat mapping
+`{input name: digest or value}` (the target's weights, the token shards, the seed, ...). A resume
+or a reuse compares the recorded mapping with the current one; `differences` lists every
+disagreement naming both values, so a stale result is never taken for a fresh one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from vpd.utils.errors import UserError
+
+
+class ProvenanceError(UserError, ValueError):
+    """A saved result was computed from other inputs than the ones it is being used with."""
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of `tensors` (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def module_digest(module: nn.Module) -> str:
+    """Digest of a module's state_dict: equal exactly when every weight and buffer is bit-equal."""
+    return tensors_digest(module.state_dict())
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """'key: recorded X, now Y' for every (dotted) key whose value differs; a missing key is None."""
+    recorded, current = flatten(recorded or {}), flatten(current)
+    keys = sorted(set(recorded) | set(current))
+    return [f"{k}: recorded {recorded.get(k)}, now {current.get(k)}" for k in keys if recorded.get(k) != current.get(k)]

@@ -1,0 +1,87 @@
+"""User errors reach the command line as one line and exit code 2; --debug shows the traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vpd.cli import main
+from vpd.utils.errors import InputError, one_line
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vpd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vpd", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+
+
+def test_one_line_joins_a_multi_line_message():
+    assert one_line(ValueError("invalid config x:\n  a.b: bad\n  c: worse")) == "invalid config x: a.b: bad; c: worse"
+    assert one_line(ValueError("first\nsecond")) == "first; second"
+    assert one_line(InputError()) == "InputError"
+
+
+def test_yaml_syntax_error_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntarget: [unclosed\n")
+    res = vpd("validate", str(bad))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert f"config file {bad} is not valid YAML" in line and "line 2" in line
+
+
+def test_truncated_target_weights_name_the_file_and_debug_shows_the_traceback(tmp_path):
+    from vpd.config import load_config
+    from vpd.target.model import TargetLM
+
+    cfg = load_config(ROOT / "config/ci.yaml")
+    TargetLM(cfg.target.model).save_pretrained(tmp_path / "target")
+    weights = tmp_path / "target" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (tmp_path / "tok").mkdir()
+    args = ["decompose", "--config", str(ROOT / "config/ci.yaml"), "--target", str(tmp_path / "target"),
+            "--tokens", str(tmp_path / "tok"), "--out", str(tmp_path / "out")]
+    res = vpd(*args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("vpd decompose: error: ") and f"{weights} cannot be read" in last
+    debug = vpd(*args, env={"VPD_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "InputError" in debug.stderr
+
+
+def test_missing_input_directory_exits_2(tmp_path, capsys):
+    code = main(["evaluate", "--config", str(ROOT / "config/ci.yaml"), "--target", str(tmp_path / "nope"),
+                 "--tokens", str(tmp_path), "--decomposition", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert f"input directory --target {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch):
+    from vpd import cli
+
+    def broken(cfg, args):
+        raise KeyError("a bug")
+
+    monkeypatch.setitem(cli.STAGES, "corpus", (broken, []))
+    with pytest.raises(KeyError, match="a bug"):
+        main(["corpus", "--config", str(ROOT / "config/ci.yaml"), "--out", str(tmp_path)])
+
+
+def test_memory_refusal_and_unmatched_pattern_are_user_errors():
+    from vpd.decomp.components import match_matrices
+    from vpd.decomp.config import MatrixSpec
+    from vpd.target.model import TargetLM
+    from vpd.config import TargetModelConfig
+    from vpd.utils.errors import UserError
+    from vpd.utils.memory import MemoryEstimateError
+
+    assert issubclass(MemoryEstimateError, UserError)
+    target = TargetLM(TargetModelConfig(n_layer=1, d_model=16, n_head=2, d_mlp=32, context=8, vocab_size=300))
+    with pytest.raises(InputError, match=r"pattern 'h\.\*\.nothing' matches no nn\.Linear"):
+        match_matrices(target, [MatrixSpec(pattern="h.*.nothing", C=2)])
