@@ -45,6 +45,13 @@ def launcher(world_size: int) -> str:
             f"--nproc_per_node {world_size} -m vpd")
 
 
+def job_threads(processes: int = 1) -> int:
+    """Cores of one job: `threads` (torch threads per process) times its processes, or every core
+    when `threads` is null. With `threads` below --cores, independent jobs run side by side."""
+    per_process = config["threads"] or max(1, workflow.cores // processes)
+    return min(workflow.cores, per_process * processes)
+
+
 TARGET_LAUNCH = launcher(config["target"]["train"]["world_size"])
 DECOMPOSE_LAUNCH = launcher(config["decompose"]["world_size"])
 CONFIG_ARG = f"--config {RESOLVED_CONFIG}"

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,38 @@ def test_dry_runs_write_nothing_under_results(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resolved_config" in res.stdout  # the merged config is rewritten by a job, not by the DAG build
     assert _tree(tmp_path / "results") == before
+
+
+def test_the_config_and_the_snakefile_imports_load_without_torch():
+    """The DAG builds in a Python with pydantic and snakemake only: what the Snakefile imports
+    (the config models and the YAML writer) must not pull torch in."""
+    code = "import sys, vpd.config, vpd.utils.io; assert 'torch' not in sys.modules, 'torch imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, cores, expected", [("ci.yaml", 4, 2), ("config.yaml", 4, 4), ("config.yaml", 2, 2)])
+def test_each_job_declares_its_threads_and_passes_them_to_the_stage(name, cores, expected, tmp_path):
+    """`threads` (per process) sizes each job; null takes every core. With the CI config's 2 threads
+    under --cores 4, two of the independent post-decomposition stages fit side by side."""
+    res = _snakemake("-n", "-p", "--configfile", str(ROOT / "config" / name), "--directory", str(tmp_path),
+                     "--snakefile", str(ROOT / "Snakefile"), "--cores", str(cores))
+    assert res.returncode == 0, res.stderr[-3000:]
+    blocks = res.stdout.split("\nrule ")
+    for rule in ("train_target", "decompose", "evaluate", "baselines", "harvest", "edit", "attribution", "attention"):
+        (block,) = [b for b in blocks if b.startswith(f"{rule}:")]
+        assert f"threads: {expected}" in block and f"-m vpd {rule} " in block and f"--threads {expected} " in block, rule
+
+
+def test_cli_threads_are_the_jobs_cores_shared_by_its_processes(tmp_path, monkeypatch):
+    from vpd import cli
+
+    seen = []
+    monkeypatch.setitem(cli.STAGES, "corpus", (lambda cfg, args: seen.append(cfg.threads), []))
+    base = ["corpus", "--config", str(ROOT / "config/ci.yaml"), "--out", str(tmp_path)]
+    assert cli.main(base + ["--threads", "3"]) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cli.main(base + ["--threads", "4"]) == 0
+    assert cli.main(base) == 0  # without --threads: the config's value
+    assert seen == [3, 2, 2]

@@ -177,6 +177,6 @@ def test_pgd_increases_and_beats_stochastic(one_thread):
         zero_kl = float(table.set_index("strategy").loc["zero", "kl"])
         summary = summarise_pgd(per_batch, zero_kl)
         assert summary["steps"].tolist() == [str(s) for s in steps] + ["zero_ablation"]
-        pgd_means.append(summary["kl"].iloc[0])  # after 20 steps
+        pgd_means.append(summary["kl_mean"].iloc[0])  # after 20 steps
         stoch.append(float(table.set_index("strategy").loc["stochastic_with_delta", "kl"]))
     assert sum(pgd_means) / 3 >= sum(stoch) / 3

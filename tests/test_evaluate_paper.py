@@ -23,5 +23,7 @@ def test_paper_vs_ours_table():
     assert "| rounded CI>0: compute recovered | 11.8% | — |" in md
     assert "rounded CI>0: compute recovered is worse than init" in md
     assert "| PGD KL after 20 steps | 0.83 | 1.5 |" in md and "| zero ablation KL | 67.2 | 12 |" in md
+    two = summarise_pgd(pd.DataFrame({"batch": [0, 1], "steps": [20, 20], "kl": [1.0, 2.0]}))
+    assert "| PGD KL after 20 steps | 0.83 | 1.5 ± 0.5 (2 batches) |" in paper_vs_ours(strategies, rec, two, acc.layer_table())
     assert "| L0 per token (total) | 205 | 3 |" in md and "| L0 layer 1 | 18.9 | 2 |" in md
     assert "| L0 layer 2 | 49.5 | — |" in md

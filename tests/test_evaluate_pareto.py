@@ -77,7 +77,10 @@ def test_figures_render(tmp_path):
     save_figure(plot_compute_recovered(curve, rec), tmp_path / "fig_target_curve")
     pgd = pd.DataFrame({"batch": [0, 0, 1, 1], "steps": [20, 40, 20, 40], "kl": [0.5, 0.9, 0.7, 1.1]})
     summary = summarise_pgd(pgd, 15.0)
-    assert summary["kl"].tolist()[:2] == pytest.approx([0.6, 1.0])
+    assert summary["kl_mean"].tolist()[:2] == pytest.approx([0.6, 1.0])
+    # s.e. over the two batches: sample std sqrt(0.02) / sqrt(2) = 0.1 at both step counts
+    assert summary["kl_sem"].tolist()[:2] == pytest.approx([0.1, 0.1])
+    assert summary["n_batches"].tolist() == [2, 2, 0] and summary["kl_sem"].isna().tolist()[2]
     save_figure(plot_pgd(summary), tmp_path / "fig_pgd")
     acc = CIAccumulator((0.0, 0.5))
     acc.update({"h.0.mlp.c_fc": torch.rand(2, 3, 4), "h.1.attn.q_proj": torch.rand(2, 3, 5)})

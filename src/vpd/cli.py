@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flag, help_text in STAGE_FILES.get(name, []):
             p.add_argument(f"--{flag}", required=True, help=help_text)
         p.add_argument("--out", required=True, help="output directory of this stage")
+        p.add_argument("--threads", type=int, help="cores of this job (Snakemake's {threads}), shared by its "
+                       "processes; overrides the config's `threads`")
     sub.add_parser("schema", help="print the config JSON schema")
     sub.add_parser("config-docs", help="print config/README.md (the key reference)")
     p = sub.add_parser("validate", help="validate a config file and exit")
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     cfg = load_config(args.config)
+    if getattr(args, "threads", None):
+        per_process = max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        cfg = cfg.model_copy(update={"threads": per_process})
     if args.stage == "validate":
         print(f"{args.config}: valid")
         return 0

@@ -30,12 +30,12 @@ rule harvest:
         f"{RESULTS}/benchmarks/harvest.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{VPD} harvest {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{VPD} harvest {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
 
 
@@ -68,10 +68,10 @@ rule edit:
         f"{RESULTS}/benchmarks/edit.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{VPD} edit {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{VPD} edit {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"

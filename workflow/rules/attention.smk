@@ -37,10 +37,10 @@ rule attention:
         f"{RESULTS}/benchmarks/attention.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{VPD} attention {CONFIG_ARG} --target {params.target} --decomposition {params.decomposition} "
+        "{VPD} attention {CONFIG_ARG} --threads {threads} --target {params.target} --decomposition {params.decomposition} "
         "--tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"

@@ -29,10 +29,10 @@ rule attribution:
         f"{RESULTS}/benchmarks/attribution.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{VPD} attribution {CONFIG_ARG} --target {params.target} --decomposition {params.decomposition} "
+        "{VPD} attribution {CONFIG_ARG} --threads {threads} --target {params.target} --decomposition {params.decomposition} "
         "--out {params.out} 2>&1 | tee {log}"

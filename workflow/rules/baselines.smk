@@ -32,12 +32,12 @@ rule baselines:
         f"{RESULTS}/benchmarks/baselines.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{VPD} baselines {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{VPD} baselines {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
 
 
@@ -70,10 +70,10 @@ rule feature_splitting:
         f"{RESULTS}/benchmarks/feature_splitting.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{VPD} feature_splitting {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{VPD} feature_splitting {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--baselines {params.baselines} --out {params.out} 2>&1 | tee {log}"

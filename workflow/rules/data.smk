@@ -24,7 +24,7 @@ rule corpus:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{VPD} corpus {CONFIG_ARG} --out {params.out} 2>&1 | tee {log}"
+        "{VPD} corpus {CONFIG_ARG} --threads {threads} --out {params.out} 2>&1 | tee {log}"
 
 
 rule tokenizer:
@@ -51,4 +51,4 @@ rule tokenizer:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{VPD} tokenizer {CONFIG_ARG} --corpus {params.corpus} --out {params.out} 2>&1 | tee {log}"
+        "{VPD} tokenizer {CONFIG_ARG} --threads {threads} --corpus {params.corpus} --out {params.out} 2>&1 | tee {log}"

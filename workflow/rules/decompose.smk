@@ -27,11 +27,11 @@ rule decompose:
         f"{RESULTS}/benchmarks/decompose.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads(config["decompose"]["world_size"])
     resources:
         mem_mb=16000,
         runtime=600,
         processes=config["decompose"]["world_size"],  # torchrun ranks (the Slurm profile asks for as many GPUs)
     shell:
-        "{DECOMPOSE_LAUNCH} decompose {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{DECOMPOSE_LAUNCH} decompose {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--out {params.out} 2>&1 | tee {log}"

@@ -32,10 +32,10 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{VPD} evaluate {CONFIG_ARG} --target {params.target} --tokens {params.tokens} "
+        "{VPD} evaluate {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"

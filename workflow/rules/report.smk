@@ -35,7 +35,7 @@ rule notebook:
         mem_mb=4000,
         runtime=20,
     shell:
-        "{VPD} notebook {CONFIG_ARG} --notebook {input.template} --results {params.results} "
+        "{VPD} notebook {CONFIG_ARG} --threads {threads} --notebook {input.template} --results {params.results} "
         "--out {params.out} 2>&1 | tee {log}"
 
 
@@ -61,4 +61,4 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{VPD} report {CONFIG_ARG} --results {params.results} --out {params.out} 2>&1 | tee {log}"
+        "{VPD} report {CONFIG_ARG} --threads {threads} --results {params.results} --out {params.out} 2>&1 | tee {log}"

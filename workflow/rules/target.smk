@@ -27,10 +27,10 @@ rule train_target:
         f"{RESULTS}/benchmarks/train_target.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: job_threads(config["target"]["train"]["world_size"])
     resources:
         mem_mb=8000,
         runtime=120,
         processes=config["target"]["train"]["world_size"],  # torchrun ranks (the Slurm profile asks for as many GPUs)
     shell:
-        "{TARGET_LAUNCH} train_target {CONFIG_ARG} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"
+        "{TARGET_LAUNCH} train_target {CONFIG_ARG} --threads {threads} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, Optional, Protocol
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -219,11 +220,14 @@ def evaluate_pgd(
 
 
 def summarise_pgd(per_batch: pd.DataFrame, zero_ablation_kl: Optional[float] = None) -> pd.DataFrame:
-    """Mean, min and max KL over batches per step count, plus a "zero_ablation" row if given."""
+    """Per step count over the attacked batches: mean KL, its standard error (sample std / sqrt(n);
+    NaN for one batch), min, max and n; plus a "zero_ablation" row (one number, no spread) if given."""
     g = per_batch.groupby("steps")["kl"]
-    out = pd.DataFrame({"kl": g.mean(), "kl_min": g.min(), "kl_max": g.max(), "n_batches": g.size()}).reset_index()
+    out = pd.DataFrame({"kl_mean": g.mean(), "kl_sem": g.std(ddof=1) / np.sqrt(g.size()), "kl_min": g.min(),
+                        "kl_max": g.max(), "n_batches": g.size()}).reset_index()
     out["steps"] = out["steps"].astype(str)
     if zero_ablation_kl is not None:
-        zero = {"steps": "zero_ablation", "kl": zero_ablation_kl, "kl_min": zero_ablation_kl, "kl_max": zero_ablation_kl, "n_batches": 0}
+        zero = {"steps": "zero_ablation", "kl_mean": zero_ablation_kl, "kl_sem": float("nan"), "kl_min": zero_ablation_kl,
+                "kl_max": zero_ablation_kl, "n_batches": 0}
         out = pd.concat([out, pd.DataFrame([zero])], ignore_index=True)
     return out

@@ -25,17 +25,26 @@ L0_TOTAL, L0_BY_LAYER = 205.0, (44.6, 18.9, 49.5, 92.0)
 ALIVE, TOTAL_C, DENSITY = 9972, 38912, 0.021
 
 
-def _fmt(x: Optional[float], pct: bool = False) -> str:
+def _fmt(x: Optional[float | str], pct: bool = False) -> str:
+    if isinstance(x, str):
+        return x
     if x is None or x != x:
         return "—"
     return f"{100 * x:.1f}%" if pct else f"{x:.4g}"
 
 
-def markdown_table(rows: list[tuple[str, Optional[float], Optional[float], bool]]) -> str:
-    """rows of (quantity, paper, ours, as_percent) -> a markdown table."""
+def markdown_table(rows: list[tuple[str, Optional[float], Optional[float | str], bool]]) -> str:
+    """rows of (quantity, paper, ours, as_percent) -> a markdown table (a str `ours` is shown as is)."""
     lines = ["| quantity | paper | this run |", "|---|---|---|"]
     lines += [f"| {q} | {_fmt(p, pct)} | {_fmt(o, pct)} |" for q, p, o, pct in rows]
     return "\n".join(lines) + "\n"
+
+
+def _mean_sem(row) -> float | str:
+    """A PGD summary row as "mean ± s.e. (n batches)", or the bare mean where there is no spread."""
+    if row.n_batches > 1 and row.kl_sem == row.kl_sem:
+        return f"{row.kl_mean:.4g} ± {row.kl_sem:.2g} ({row.n_batches} batches)"
+    return float(row.kl_mean)
 
 
 def paper_vs_ours(
@@ -63,7 +72,7 @@ def paper_vs_ours(
         rows.append((f"{label}: compute recovered", p_frac, ours, True))
         if r is not None and r.status != "ok":
             status_notes.append(f"- {label}: compute recovered is {r.status.replace('_', ' ')} (CE {r.ce:.4g})")
-    pgd = dict(zip(pgd_summary["steps"].astype(str), pgd_summary["kl"]))
+    pgd = {str(r.steps): _mean_sem(r) for r in pgd_summary.itertuples(index=False)}
     for steps, p_kl in PGD_KL.items():
         label = "zero ablation KL" if steps == "zero_ablation" else f"PGD KL after {steps} steps"
         rows.append((label, p_kl, pgd.get(steps), False))

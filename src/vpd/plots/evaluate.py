@@ -42,7 +42,7 @@ def plot_compute_recovered(curve: pd.DataFrame, recovered: pd.DataFrame) -> plt.
 
 
 def plot_pgd(summary: pd.DataFrame) -> plt.Figure:
-    """tab:vpd-pgd-ce as a figure: mean KL (min-max band over batches) vs PGD steps, log y, with
+    """tab:vpd-pgd-ce as a figure: mean KL (band: mean ± s.e., and min-max, over batches) vs PGD steps, log y, with
     the zero-ablation KL as a dashed line. summary: `summarise_pgd` output."""
     set_theme()
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -50,11 +50,13 @@ def plot_pgd(summary: pd.DataFrame) -> plt.Figure:
     pts = summary[summary["steps"] != "zero_ablation"].copy()
     pts["n"] = pts["steps"].astype(int)
     pts = pts.sort_values("n")
-    ax.plot(pts["n"], pts["kl"], marker="o", color="C3", label="PGD (shared sources)")
-    ax.fill_between(pts["n"], pts["kl_min"], pts["kl_max"], color="C3", alpha=0.2, lw=0)
+    ax.plot(pts["n"], pts["kl_mean"], marker="o", color="C3", label="PGD (shared sources)")
+    ax.fill_between(pts["n"], pts["kl_min"], pts["kl_max"], color="C3", alpha=0.15, lw=0)
+    sem = pts["kl_sem"].fillna(0.0)
+    ax.fill_between(pts["n"], pts["kl_mean"] - sem, pts["kl_mean"] + sem, color="C3", alpha=0.3, lw=0)
     if len(zero):
-        ax.axhline(float(zero["kl"].iloc[0]), color="grey", ls="--", label="zero ablation")
-    if (pts["kl"] > 0).all():
+        ax.axhline(float(zero["kl_mean"].iloc[0]), color="grey", ls="--", label="zero ablation")
+    if (pts["kl_mean"] > 0).all():
         ax.set_yscale("log")
     ax.set_xlabel("PGD sign-ascent steps")
     ax.set_ylabel("KL to target (nats/token)")
