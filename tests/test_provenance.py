@@ -143,3 +143,14 @@ def test_unreadable_tokenizer_names_the_file(tokens_dir, tmp_path):
     (tokens_dir / "tokenizer.json").write_text(text[: len(text) // 2])  # no sha recorded: the parse fails
     with pytest.raises(TokenizerError, match=r"tokenizer .*tokenizer\.json cannot be read"):
         run_train_target(make_config(), tokens_dir, tmp_path / "target")
+
+
+def test_upstream_digests_hash_the_files_a_stage_read(tmp_path):
+    import hashlib
+
+    from vpd.utils.provenance import upstream_digests
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "t" / "other.txt").write_text("not read")
+    assert upstream_digests(target=tmp_path / "t") == {"target/model.safetensors": hashlib.sha256(b"weights").hexdigest()}

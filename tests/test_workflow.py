@@ -1,5 +1,6 @@
 """The CI config's whole DAG runs end to end in a temp dir, and reruns are no-ops."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +56,14 @@ def test_ci_dag_end_to_end(tmp_path):
                        "fig_model-editing-pareto.png", "graph_princess.json", "fig_attn_contrib_grid.png"]:
         assert (paper / label_file).stat().st_size > 0, label_file
     assert len(list((out / "notebooks").glob("*.ipynb"))) == 6
+    # Every stage after the decomposition records the sha256 of the upstream files it read.
+    folders = {"target": "target", "tokens": "tokenizer", "decomposition": "decomposition"}
+    for stage in ("evaluation", "baselines", "feature_splitting", "harvest", "edit", "attribution", "attention"):
+        inputs = yaml.safe_load((out / stage / "final_config.yaml").read_text())["inputs"]
+        assert "target/model.safetensors" in inputs, stage
+        for key, digest in inputs.items():
+            kind, name = key.split("/")
+            assert digest == hashlib.sha256((out / folders[kind] / name).read_bytes()).hexdigest(), (stage, key)
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -1,10 +1,12 @@
-"""A decomposition SIGKILLed mid-run through Snakemake resumes from its last checkpoint when the rule
-is rerun, and ends with exactly the components of an uninterrupted run (CPU, same seed)."""
+"""A decomposition SIGKILLed through Snakemake (once at a checkpoint, then at ten seeded random
+moments) resumes from its last checkpoint when the rule is rerun, and ends with exactly the
+components and metrics of an uninterrupted run (CPU, same seed)."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from vpd.utils import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("results/ci")
@@ -70,6 +74,15 @@ def read_metrics(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of `proc` (Snakemake and every job it started), if still alive."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_sigkilled_decomposition_resumes_to_identical_components(tmp_path):
     config = write_config(tmp_path / "faults.yaml")
@@ -97,11 +110,7 @@ def test_sigkilled_decomposition_resumes_to_identical_components(tmp_path):
             assert time.monotonic() < deadline, "no checkpoint appeared in time"
             time.sleep(0.02)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:  # already gone: the assertion above says why
-            pass
-        proc.wait(timeout=30)
+        kill_group(proc)  # if already gone, the assertion above says why
     killed_at = checkpoint_steps(b)
     assert not (b / COMPONENTS).exists() and killed_at[-1] < STEPS, killed_at
 
@@ -125,3 +134,42 @@ def test_sigkilled_decomposition_resumes_to_identical_components(tmp_path):
     # included), those after it are recomputed identically.
     ma, mb = read_metrics(a), read_metrics(b)
     assert ma == mb, (len(ma), len(mb), resumed_at)
+
+
+N_KILLS = 10
+
+
+@pytest.mark.slow
+def test_decomposition_killed_at_ten_random_points_ends_identical(tmp_path):
+    """Ten SIGKILLs of Snakemake and its children at seeded random moments (after the checkpoint
+    of a random step has appeared, plus a random delay: during startup, a step, a checkpoint
+    write or the final outputs), each followed by `--unlock` and a rerun that is killed again; the
+    last rerun ends with the components, CI function and metrics of an uninterrupted run."""
+    config = write_config(tmp_path / "faults.yaml")
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(a, config)
+    copy_upstream(a, b)
+    rng = random.Random(0)
+    thresholds = sorted(rng.sample(range(0, STEPS, CHECKPOINT_EVERY), N_KILLS))
+    mid_run = 0
+    for threshold in thresholds:
+        delay = rng.uniform(0.0, 0.3)
+        proc = subprocess.Popen(snakemake_cmd(b, config, "--rerun-incomplete"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env=ENV)
+        deadline = time.monotonic() + 300
+        try:
+            while proc.poll() is None and not (checkpoint_steps(b) and checkpoint_steps(b)[-1] >= threshold):
+                assert time.monotonic() < deadline, f"no checkpoint at step >= {threshold} in time"
+                time.sleep(0.02)
+            time.sleep(delay)
+            mid_run += proc.poll() is None and not (b / COMPONENTS).exists()
+        finally:
+            kill_group(proc)
+        run(b, config, "--unlock")
+    assert mid_run >= N_KILLS // 2, f"only {mid_run} of {N_KILLS} kills landed before the decomposition finished"
+    run(b, config, "--rerun-incomplete")
+    for name in ("components.safetensors", "ci_fn.safetensors"):
+        ta, tb = load_file(str(a / DECOMP / name)), load_file(str(b / DECOMP / name))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
+    assert read_metrics(a) == read_metrics(b)
+    assert all(ckpt.verifies(p) for p in ckpt.list_checkpoints(b / DECOMP / "checkpoints"))

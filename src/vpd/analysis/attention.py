@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from vpd.target.model import apply_rope
+from vpd.utils.provenance import upstream_digests
 
 
 # ---------------------------------------------------------------- target attention
@@ -328,5 +329,8 @@ def run_attention(cfg, target_dir, decomposition_dir, tokens_dir, out_dir) -> No
         }
     summary["recent_attention_by_ablated_q"] = recent
     write_json(out_dir / "summary.json", summary)
-    write_yaml(out_dir / "final_config.yaml", cfg.model_dump(mode="json"))
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"),
+        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir),
+    })
     log.info("attention: %s", {k: v for k, v in summary.items() if k != "recent_attention_by_ablated_q"})

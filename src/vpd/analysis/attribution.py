@@ -25,6 +25,8 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 import torch.nn as nn
 
+from vpd.utils.provenance import upstream_digests
+
 
 @dataclass
 class Node:
@@ -330,4 +332,6 @@ def run_attribution(cfg, target_dir, decomposition_dir, out_dir) -> None:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(out_dir / "pruning_history.csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.6g")
-    write_yaml(out_dir / "final_config.yaml", cfg.model_dump(mode="json"))
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"), "inputs": upstream_digests(target=target_dir, decomposition=decomposition_dir),
+    })

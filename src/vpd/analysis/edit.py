@@ -44,6 +44,7 @@ from vpd.analysis.config import EditConfig
 from vpd.analysis.lora import kl_per_token, train_lora
 from vpd.data.emoticons import emoticon_vocab, find_eyes
 from vpd.utils.io import write_csv, write_json, write_yaml
+from vpd.utils.provenance import upstream_digests
 
 log = logging.getLogger("vpd")
 
@@ -428,7 +429,10 @@ def run_edit(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, o
         "paper": {"edited": "2.mlp.down_proj:2359", "eye_subcomponents": "2.mlp.down_proj 1672, 2359, 2623, 3290, 3327, 3382",
                   "edit_alpha_3": PAPER[("edit", 3.0)], "lora_n947_lambda_10": PAPER[("lora", 10.0)]},
     })
-    write_yaml(out_dir / "final_config.yaml", cfg.model_dump(mode="json"))
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"),
+        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir),
+    })
     return results
 
 

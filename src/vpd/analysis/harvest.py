@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from vpd.analysis.config import HarvestConfig
 from vpd.utils.io import atomic_path, read_json, write_json, write_yaml
+from vpd.utils.provenance import upstream_digests
 
 log = logging.getLogger("vpd")
 
@@ -367,7 +368,10 @@ def run_harvest(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path
     result.meta["source"] = str(Path(tokens_dir) / "val.bin")
     result.save(out_dir, vocab)
     render_browser(result, vocab, out_dir / "browser")
-    write_yaml(out_dir / "final_config.yaml", cfg.model_dump(mode="json"))
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"),
+        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir),
+    })
     sub = result.subcomponents
     log.info("harvest: %d of %d subcomponents fire (CI > %g) at least once; browser at %s",
              int((sub["n_fire"] > 0).sum()), len(sub), hcfg.fire_threshold, out_dir / "browser" / "index.html")

@@ -32,6 +32,7 @@ from vpd.evaluate.stage import eval_windows, load_target
 from vpd.utils.io import write_csv
 from vpd.evaluate.variants import decompose_variant, variant_config
 from vpd.utils.io import MetricsLog, read_json, sha256_file, write_json, write_yaml
+from vpd.utils.provenance import upstream_digests
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 
@@ -154,5 +155,8 @@ def run_baselines(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomp
         "main_importance_minimality": cfg.decompose.coeffs.importance_minimality,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     })
-    write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch.")})
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch."),
+        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir),
+    })
     log.info("baselines done in %.0f s, outputs in %s", seconds["total"], out_dir)

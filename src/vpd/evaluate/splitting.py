@@ -34,6 +34,7 @@ from vpd.decomp.config import MatrixSpec
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
 from vpd.utils.io import write_csv
+from vpd.utils.provenance import upstream_digests
 
 VPD_UNIT = "rank_one_UV"
 TRANSCODER_UNIT = "decoder"
@@ -228,6 +229,7 @@ def run_feature_splitting(
     write_yaml(out_dir / "final_config.yaml", {
         **cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch."),
         "base_C": base, "seconds": round(time.perf_counter() - t0, 1),
+        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir),
     })
     log.info("feature splitting done in %.0f s, outputs in %s", time.perf_counter() - t0, out_dir)
 

@@ -24,6 +24,7 @@ from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.mask_strategies import evaluate_masks, evaluate_pgd, standard_strategies, summarise_pgd
 from vpd.evaluate.paper import paper_vs_ours
 from vpd.utils.io import write_csv, write_text, write_yaml
+from vpd.utils.provenance import upstream_digests
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 OUTPUT_TABLES = (
@@ -112,6 +113,7 @@ def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decompo
         **cfg.model_dump(mode="json"),
         "resolved_precision": str(dtype).removeprefix("torch."),
         "eval_windows": int(len(windows)),
+        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir),
         "eval_tokens": int(table["n_tokens"].iloc[0]),
         "seconds": round(time.perf_counter() - t0, 1),
     })

@@ -9,12 +9,14 @@ disagreement naming both values, so a stale result is never taken for a fresh on
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
 from vpd.utils.errors import UserError
+from vpd.utils.io import sha256_file
 
 
 class ProvenanceError(UserError, ValueError):
@@ -52,3 +54,18 @@ def differences(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) 
     recorded, current = flatten(recorded or {}), flatten(current)
     keys = sorted(set(recorded) | set(current))
     return [f"{k}: recorded {recorded.get(k)}, now {current.get(k)}" for k in keys if recorded.get(k) != current.get(k)]
+
+
+# The files a stage reads from each upstream folder, by the name of the folder's CLI argument.
+UPSTREAM_FILES = {
+    "target": ("model.safetensors", "config.json"),
+    "tokens": ("train.bin", "val.bin"),
+    "decomposition": ("components.safetensors", "ci_fn.safetensors", "decomposition.json"),
+}
+
+
+def upstream_digests(**folders: str | Path) -> dict[str, str]:
+    """sha256 of every upstream file that exists, keyed "<folder kind>/<file>", for a stage's
+    final_config.yaml: e.g. upstream_digests(target=..., decomposition=...)."""
+    return {f"{kind}/{name}": sha256_file(Path(folder) / name)
+            for kind, folder in folders.items() for name in UPSTREAM_FILES[kind] if (Path(folder) / name).exists()}
