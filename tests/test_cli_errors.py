@@ -85,3 +85,54 @@ def test_memory_refusal_and_unmatched_pattern_are_user_errors():
     target = TargetLM(TargetModelConfig(n_layer=1, d_model=16, n_head=2, d_mlp=32, context=8, vocab_size=300))
     with pytest.raises(InputError, match=r"pattern 'h\.\*\.nothing' matches no nn\.Linear"):
         match_matrices(target, [MatrixSpec(pattern="h.*.nothing", C=2)])
+
+
+def _decompose_setup(tmp_path, **decompose):
+    """A saved random target of the CI config's shape, token shards, and the CI config with
+    `decompose` keys overridden, written to tmp_path."""
+    import numpy as np
+    import yaml
+
+    from vpd.config import parse_config
+    from vpd.target.model import TargetLM
+
+    data = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    data["decompose"].update(decompose)
+    (tmp_path / "tok").mkdir()
+    for split in ("train", "val"):
+        np.zeros(2000, dtype=np.uint16).tofile(tmp_path / "tok" / f"{split}.bin")
+    TargetLM(parse_config(data).target.model).save_pretrained(tmp_path / "target")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    return ["decompose", "--config", str(tmp_path / "cfg.yaml"), "--target", str(tmp_path / "target"),
+            "--tokens", str(tmp_path / "tok"), "--out", str(tmp_path / "out")]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing shard", r"token shard .*tok/train\.bin does not exist"),
+    ("seq_len above context", r"decompose\.seq_len 4096 exceeds the target's context"),
+    ("pattern matches nothing", r"decompose\.matrices pattern 'h\.\*\.nothing' matches no nn\.Linear"),
+    ("memory refusal", r"decompose is estimated to need .* Lower decompose\.batch_size"),
+    ("cache_dir under a file", r"vpd corpus: error: .*plain-file"),
+])
+def test_user_errors_of_the_stages_are_one_line(case, expected, tmp_path):
+    import re
+
+    import yaml
+
+    if case == "cache_dir under a file":
+        (tmp_path / "plain-file").write_text("")
+        data = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+        data["corpus"]["cache_dir"] = str(tmp_path / "plain-file" / "cache")
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+        args = ["corpus", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "out")]
+    else:
+        overrides = {"seq_len above context": dict(seq_len=4096),
+                     "pattern matches nothing": dict(matrices=[{"pattern": "h.*.nothing", "C": 2}]),
+                     "memory refusal": dict(batch_size=1 << 20)}.get(case, {})
+        args = _decompose_setup(tmp_path, **overrides)
+        if case == "missing shard":
+            (tmp_path / "tok" / "train.bin").unlink()
+    res = vpd(*args, env={"VPD_SKIP_MEMORY_CHECK": ""})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert re.search(expected, last), last
