@@ -138,8 +138,9 @@ def _assert_records_close(a: list[dict], b: list[dict], rtol: float) -> None:
                 # Each such flip moves the per-token mean by 1/64.
                 assert abs(va - rb[k]) <= 3 / 64 + 1e-9, (ra.get("step"), k, va, rb[k])
             elif isinstance(va, float) and any(s in k for s in ("rounded", "pgd")):
-                # thresholded masks (CI > 0) and sign-step attacks inherit those flips
-                assert va == pytest.approx(rb[k], rel=1e-2, abs=1e-6), (ra.get("step"), k)
+                # thresholded masks (CI > 0) and sign-step attacks inherit those flips; 20 sign
+                # steps amplify them (PGD-20 KL differed by 1.25% on an AVX2-only CPU, 0.0181 vs 0.0183)
+                assert va == pytest.approx(rb[k], rel=5e-2, abs=1e-6), (ra.get("step"), k)
             elif isinstance(va, float):
                 assert va == pytest.approx(rb[k], rel=rtol, abs=1e-7), (ra.get("step"), k)
             else:

@@ -25,6 +25,7 @@ from vpd.utils.memory import (
     estimate_decomposition_bytes,
     estimate_target_training_bytes,
 )
+from project import write_tokenizer_files
 
 ROOT = Path(__file__).resolve().parents[1]
 GB, GIB = 10**9, 2**30
@@ -262,6 +263,7 @@ def test_train_target_stage_refuses_before_compute(ci_cfg, tmp_path, tiny_memory
     tokens.mkdir()
     for name in stage.INPUT_FILES:
         (tokens / name).write_bytes(b"")
+    write_tokenizer_files(tokens, 300)  # the input check parses tokenizer.json
     (tokens / "meta.json").write_text(json.dumps({"vocab_size": ci_cfg.target.model.vocab_size}))
     monkeypatch.setattr(stage, "train_target", lambda *a, **k: pytest.fail("train_target() ran"))
     t0 = time.perf_counter()
