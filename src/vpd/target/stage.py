@@ -27,8 +27,9 @@ from vpd.utils.runtime import log, resolve_precision, reuse_freed_memory
 INPUT_FILES = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
 
 
-def check_inputs(cfg: ProjectConfig, tokens_dir: Path) -> dict:
-    """Fail fast, naming the file, if an input is missing or the vocabularies disagree."""
+def check_inputs(cfg: ProjectConfig, tokens_dir: Path) -> dict[str, str]:
+    """Fail fast, naming the file, if an input is missing, changed since the tokenizer stage or
+    unreadable, or the vocabularies disagree; return the inputs' sha256 (`input_digests`)."""
     missing = [str(tokens_dir / f) for f in INPUT_FILES if not (tokens_dir / f).exists()]
     if missing:
         raise FileNotFoundError(f"missing tokenizer-stage outputs: {', '.join(missing)} (run the tokenizer stage)")
@@ -41,15 +42,16 @@ def check_inputs(cfg: ProjectConfig, tokens_dir: Path) -> dict:
             f"vocab_size {meta['vocab_size']} in {meta_path} differs from target.model.vocab_size "
             f"{cfg.target.model.vocab_size} in the config: retrain the tokenizer or fix the config"
         )
+    digests = input_digests(tokens_dir)
     recorded = {"tokenizer.json": meta.get("tokenizer_sha256"), **{f"{s}.bin": h for s, h in meta.get("shard_sha256", {}).items()}}
     for name, want in recorded.items():
-        if want is not None and sha256_file(tokens_dir / name) != want:
+        if want is not None and digests[f"{name}_sha256"] != want:
             raise InputError(
                 f"{tokens_dir / name} does not match the sha256 recorded in {meta_path} (changed or truncated "
                 "since the tokenizer stage wrote it): rerun the tokenizer stage"
             )
     load_tokenizer(tokens_dir / "tokenizer.json")  # parses, or names the file
-    return meta
+    return digests
 
 
 def input_digests(tokens_dir: Path) -> dict[str, str]:
@@ -77,7 +79,7 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
     `stop_after` (tests only) stops after that many updates, as if killed, writing no final outputs.
     """
     tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
-    check_inputs(cfg, tokens_dir)
+    inputs = check_inputs(cfg, tokens_dir)
     dist = init_distributed(cfg.target.train.world_size, "target.train.world_size")
     device = dist.device
     if device.type == "cpu":
@@ -111,7 +113,7 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
         "non_embedding_parameters": model.num_params(non_embedding=True),
         "flops_per_token": model.flops_per_token(),
         "final_val_ce": result.curve[-1]["val_ce"],
-        "inputs": input_digests(tokens_dir),
+        "inputs": inputs,
     }
     summary = write_probes(model, tokens_dir, out_dir, cfg.seed)
     final["probes"] = {f"{r.probe} {r.quantity}": float(r.value) for r in summary.itertuples()}
