@@ -113,6 +113,17 @@ def test_dry_run_builds_full_dag(name, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     for rule in ["corpus", "tokenizer", "train_target", "decompose", "evaluate", "baselines", "feature_splitting"]:
         assert rule in res.stdout
+    # one job per trained model of the sweeps, each under its own name
+    from vpd.sweeps import transcoder_jobs, variant_jobs
+
+    cfg = parse_config(_load(name))
+    blocks = res.stdout.split("\nrule ")
+    transcoders = sorted(b.split("wildcards: transcoder=")[1].split()[0] for b in blocks if b.startswith("transcoder:"))
+    variants = sorted(b.split("wildcards: variant=")[1].split()[0] for b in blocks if b.startswith("decompose_variant:"))
+    assert transcoders == sorted(j.name for j in transcoder_jobs(cfg))
+    assert variants == sorted(j.name for j in variant_jobs(cfg))
+    assert len(transcoders) == len(cfg.baselines.kinds) * len(cfg.baselines.n_latents) * len(cfg.baselines.k)
+    assert len(variants) == len(cfg.baselines.vpd_importance_coeffs) + len(cfg.feature_splitting.c_multipliers)
     # the training stages go through torchrun exactly when the config asks for several processes
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 8 -m vpd"
     shell = res.stdout
@@ -175,6 +186,10 @@ def test_each_job_declares_its_threads_and_passes_them_to_the_stage(name, cores,
     for rule in ("train_target", "decompose", "evaluate", "baselines", "harvest", "edit", "attribution", "attention"):
         (block,) = [b for b in blocks if b.startswith(f"{rule}:")]
         assert f"threads: {expected}" in block and f"-m vpd {rule} " in block and f"--threads {expected} " in block, rule
+    for rule, stage in (("transcoder", "transcoder"), ("decompose_variant", "decompose")):
+        jobs = [b for b in blocks if b.startswith(f"{rule}:")]
+        assert jobs and all(f"threads: {expected}" in b and f"-m vpd {stage} " in b and f"--threads {expected} " in b
+                            for b in jobs), rule
 
 
 def test_cli_threads_are_the_jobs_cores_shared_by_its_processes(tmp_path, monkeypatch):

@@ -103,18 +103,73 @@ def test_evaluate_writes_every_table_with_one_row_per_strategy_and_is_determinis
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
-def test_baselines_write_transcoders_and_one_pareto_row_per_method_and_setting(setup):
-    from vpd.baselines.stage import run_baselines
-    from vpd.baselines.transcoders import Transcoder
+def _sweep_jobs(cfg, root):
+    """What the workflow's `transcoder` and `decompose_variant` jobs write, for every job of the sweeps."""
+    from vpd.baselines.stage import run_transcoder
+    from vpd.decomp.stage import run_decompose
+    from vpd.sweeps import transcoder_jobs, variant_jobs
+
+    for job in transcoder_jobs(cfg):
+        if not (root / "transcoders" / job.name / "pareto_point.json").exists():
+            run_transcoder(cfg, root / "target", root / "tokens", job.name, root / "transcoders" / job.name, progress=False)
+    for job in variant_jobs(cfg):
+        if not (root / "variants" / job.name / "decomposition.json").exists():
+            run_decompose(cfg, root / "target", root / "tokens", root / "variants" / job.name, variant=job.name)
+
+
+def test_a_transcoder_job_is_the_same_whichever_job_ran_before_it(setup):
+    """Each transcoder starts from its own seeded init and the shared data order: rerunning one job
+    alone, after others, gives bit-identical weights and scores."""
+    from vpd.baselines.stage import run_transcoder
 
     cfg, root = setup
+    _sweep_jobs(cfg, root)
+    again = root / "transcoder_again"
+    run_transcoder(cfg, root / "target", root / "tokens", "clt_L32_k4", again, progress=False)
+    first = root / "transcoders" / "clt_L32_k4"
+    for name in ("transcoder.safetensors", "local.csv", "pareto_point.json"):
+        assert (again / name).read_bytes() == (first / name).read_bytes(), name
+    # two jobs of the same shape start apart: the init seed mixes in the name
+    a = (root / "transcoders" / "plt_L16_k2" / "transcoder.safetensors").read_bytes()
+    b = (root / "transcoders" / "plt_L16_k4" / "transcoder.safetensors").read_bytes()
+    assert a != b
+
+
+def test_a_transcoder_name_outside_the_sweep_fails_before_any_compute(setup, tmp_path):
+    from vpd.baselines.stage import run_transcoder
+    from vpd.config import ConfigError
+
+    cfg, root = setup
+    with pytest.raises(ConfigError, match=r"'plt_L99_k2' is not in the baselines sweep.*plt_L16_k2"):
+        run_transcoder(cfg, root / "target", root / "tokens", "plt_L99_k2", tmp_path / "tc")
+    assert not (tmp_path / "tc").exists()
+
+
+def test_a_variant_is_the_decompose_stage_with_the_variants_change(setup):
+    cfg, root = setup
+    _sweep_jobs(cfg, root)
+    coeff = yaml.safe_load((root / "variants/coeff_0.001/final_config.yaml").read_text())
+    assert coeff["decompose"]["coeffs"]["importance_minimality"] == 1e-3
+    assert coeff["decompose"]["steps"] == cfg.baselines.vpd_steps
+    assert coeff["variant"]["purpose"] == "pareto"
+    half = yaml.safe_load((root / "variants/split_0.5x/final_config.yaml").read_text())
+    # MLP matrices only, at half of their C (8 -> 4), with the splitting section's steps
+    assert half["decompose"]["matrices"] == [{"pattern": f"h.{i}.mlp.{m}", "C": 4}
+                                             for i in range(cfg.target.model.n_layer) for m in ("c_fc", "down_proj")]
+    assert half["decompose"]["steps"] == cfg.feature_splitting.steps
+    assert half["provenance"]["seed"] == cfg.seed
+
+
+def test_baselines_write_transcoders_and_one_pareto_row_per_method_and_setting(setup):
+    from vpd.evaluate.pareto_stage import run_baselines
+
+    cfg, root = setup
+    _sweep_jobs(cfg, root)
     out = root / "baselines"
-    run_baselines(cfg, root / "target", root / "tokens", root / "decomposition", out)
+    run_baselines(cfg, root / "target", root / "tokens", root / "decomposition", root / "transcoders",
+                  root / "variants", out)
     b = cfg.baselines
     n_tc = len(b.kinds) * len(b.n_latents) * len(b.k)
-    for name in ("plt_L16_k2", "clt_L32_k4"):
-        tc = Transcoder.load(out / name)
-        assert tc.n_latents == int(name.split("_L")[1].split("_")[0])
     local = pd.read_csv(out / "transcoders.csv")
     assert len(local) == n_tc * cfg.target.model.n_layer
     assert local["dead_fraction"].between(0, 1).all() and (local["fvu"] >= 0).all()
@@ -123,23 +178,23 @@ def test_baselines_write_transcoders_and_one_pareto_row_per_method_and_setting(s
     assert len(pareto) == n_tc + n_vpd
     assert not pareto.duplicated(["method", "setting"]).any()
     assert set(pareto["method"]) == {"VPD", "PLT", "CLT"}
-    assert (out / "vpd_coeff_0.001" / "components.safetensors").exists()
     assert (out / "fig_pareto.png").exists() and (out / "fig_pareto.pdf").exists()
-    # A second run reuses the trained transcoders and the extra VPD run: identical tables.
+    inputs = yaml.safe_load((out / "final_config.yaml").read_text())["inputs"]
+    assert "transcoders/clt_L32_k4/transcoder.safetensors" in inputs and "variants/coeff_0.001/components.safetensors" in inputs
+    # The comparison only reads the jobs' files: a second run gives identical tables.
     before = (out / "pareto.csv").read_bytes()
-    run_baselines(cfg, root / "target", root / "tokens", root / "decomposition", out)
+    run_baselines(cfg, root / "target", root / "tokens", root / "decomposition", root / "transcoders",
+                  root / "variants", out)
     assert (out / "pareto.csv").read_bytes() == before
 
 
 def test_feature_splitting_counts_alive_units_and_matches_every_run_pair(setup):
-    from vpd.baselines.stage import run_baselines
     from vpd.evaluate.splitting import run_feature_splitting
 
     cfg, root = setup
-    if not (root / "baselines" / "pareto.csv").exists():
-        run_baselines(cfg, root / "target", root / "tokens", root / "decomposition", root / "baselines")
+    _sweep_jobs(cfg, root)
     out = root / "splitting"
-    run_feature_splitting(cfg, root / "target", root / "tokens", root / "baselines", out, progress=False)
+    run_feature_splitting(cfg, root / "target", root / "tokens", root / "transcoders", root / "variants", out)
     fs = cfg.feature_splitting
     split = pd.read_csv(out / "splitting.csv")
     assert len(split) == len(fs.c_multipliers) + len(fs.kinds) * len(fs.n_latents)

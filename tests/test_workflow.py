@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +14,62 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def _snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(ROOT / "config/ci.yaml"), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
+
+
+# Loaded into every stage process of the run (PYTHONPATH): records each file the stage opens for
+# reading with Python's open / os.open, with the stage's --out folder. Reads done in native code
+# (safetensors, parquet) are not seen.
+AUDIT_HOOK = r"""
+import os, sys
+_log = os.environ.get("VPD_OPEN_LOG")
+def _audit(event, args):
+    if event != "open" or not _log:
+        return
+    path, mode, flags = args
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return
+    reading = ("r" in mode and not set(mode) & set("wax+")) if isinstance(mode, str) else not flags & (os.O_WRONLY | os.O_RDWR)
+    if reading and "--out" in sys.argv:
+        out = sys.argv[sys.argv.index("--out") + 1]
+        with open(os.path.join(_log, str(os.getpid())), "a") as f:  # append: not a read
+            f.write(f"{out}\t{os.fsdecode(path)}\n")
+sys.addaudithook(_audit)
+"""
+
+
+def _declared_outputs(workdir: Path) -> set[str]:
+    res = _snakemake(workdir, "-n", "--forceall")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {f.strip() for line in res.stdout.splitlines() if line.strip().startswith("output:")
+            for f in line.split("output:", 1)[1].split(",")}
 
 
 @pytest.mark.slow
 def test_ci_dag_end_to_end(tmp_path):
-    res = _snakemake(tmp_path)
+    hook, opened = tmp_path / "hook", tmp_path / "opened"
+    hook.mkdir()
+    opened.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
+    env = {**os.environ, "PYTHONPATH": str(hook), "VPD_OPEN_LOG": str(opened)}
+    workdir = tmp_path / "work"
+    res = _snakemake(workdir, env=env)
     assert res.returncode == 0, (res.stdout[-4000:], res.stderr[-6000:])
-    out = tmp_path / "results" / "ci"
+    out = workdir / "results" / "ci"
+    # Every file a stage read from another stage's folder is a declared output of some rule.
+    declared = _declared_outputs(workdir)
+    reads = set()
+    for record in opened.iterdir():
+        for line in record.read_text().splitlines():
+            own, path = line.split("\t")
+            rel = os.path.relpath(os.path.join(workdir, path) if not os.path.isabs(path) else path, workdir)
+            if rel.startswith("results/") and not rel.startswith(own.rstrip("/") + "/"):
+                reads.add(rel)
+    assert any(r.endswith("target/curve.csv") for r in reads) and any(r.endswith("tokenizer/val.bin") for r in reads)
+    assert reads <= declared, sorted(reads - declared)
     stats = json.loads((out / "corpus/stats.json").read_text())
     assert stats["train"]["documents"] > 0 and stats["val"]["documents"] > 0
     meta = json.loads((out / "tokenizer/meta.json").read_text())
@@ -62,8 +108,15 @@ def test_ci_dag_end_to_end(tmp_path):
         inputs = yaml.safe_load((out / stage / "final_config.yaml").read_text())["inputs"]
         assert "target/model.safetensors" in inputs, stage
         for key, digest in inputs.items():
-            kind, name = key.split("/")
-            assert digest == hashlib.sha256((out / folders[kind] / name).read_bytes()).hexdigest(), (stage, key)
+            kind, name = key.split("/", 1)  # a stage folder, or transcoders/<job>, variants/<job>
+            path = out / folders[kind] / name if kind in folders else out / key
+            assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), (stage, key)
+    # One job folder per trained model of the sweeps, each with its own log and benchmark.
+    assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8
+    assert sorted(p.name for p in (out / "variants").iterdir()) == ["coeff_0.002", "split_0.5x", "split_1x", "split_2x", "split_4x"]
+    assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8
+    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 5
+    tmp_path = workdir
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -40,7 +40,7 @@ def _stage_train_target(cfg, args):
 def _stage_decompose(cfg, args):
     from vpd.decomp.stage import run_decompose
 
-    run_decompose(cfg, Path(args.target), Path(args.tokens), Path(args.out))
+    run_decompose(cfg, Path(args.target), Path(args.tokens), Path(args.out), variant=args.variant)
 
 
 def _stage_evaluate(cfg, args):
@@ -49,16 +49,24 @@ def _stage_evaluate(cfg, args):
     run_evaluate(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
 
 
-def _stage_baselines(cfg, args):
-    from vpd.baselines.stage import run_baselines
+def _stage_transcoder(cfg, args):
+    from vpd.baselines.stage import run_transcoder
 
-    run_baselines(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
+    run_transcoder(cfg, Path(args.target), Path(args.tokens), args.name, Path(args.out))
+
+
+def _stage_baselines(cfg, args):
+    from vpd.evaluate.pareto_stage import run_baselines
+
+    run_baselines(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.transcoders),
+                  Path(args.variants), Path(args.out))
 
 
 def _stage_feature_splitting(cfg, args):
     from vpd.evaluate.splitting import run_feature_splitting
 
-    run_feature_splitting(cfg, Path(args.target), Path(args.tokens), Path(args.baselines), Path(args.out))
+    run_feature_splitting(cfg, Path(args.target), Path(args.tokens), Path(args.transcoders), Path(args.variants),
+                          Path(args.out))
 
 
 def _stage_harvest(cfg, args):
@@ -104,8 +112,9 @@ STAGES = {
     "train_target": (_stage_train_target, ["tokens"]),
     "decompose": (_stage_decompose, ["target", "tokens"]),
     "evaluate": (_stage_evaluate, ["target", "tokens", "decomposition"]),
-    "baselines": (_stage_baselines, ["target", "tokens", "decomposition"]),
-    "feature_splitting": (_stage_feature_splitting, ["target", "tokens", "baselines"]),
+    "transcoder": (_stage_transcoder, ["target", "tokens"]),
+    "baselines": (_stage_baselines, ["target", "tokens", "decomposition", "transcoders"]),
+    "feature_splitting": (_stage_feature_splitting, ["target", "tokens", "transcoders", "variants"]),
     "harvest": (_stage_harvest, ["target", "tokens", "decomposition"]),
     "edit": (_stage_edit, ["target", "tokens", "decomposition"]),
     "attribution": (_stage_attribution, ["target", "decomposition"]),
@@ -113,8 +122,15 @@ STAGES = {
     "notebook": (_stage_notebook, ["results"]),
     "report": (_stage_report, ["results"]),
 }
-# stage name -> extra file arguments (flag, help)
-STAGE_FILES = {"notebook": [("notebook", "papermill template (.ipynb) to execute")]}
+# stage name -> extra arguments (flag, required, help)
+STAGE_ARGS = {
+    "notebook": [("notebook", True, "papermill template (.ipynb) to execute")],
+    "transcoder": [("name", True, "transcoder of the baselines sweep, e.g. plt_L512_k8 (vpd.sweeps)")],
+    "baselines": [("variants", True, "folder of the VPD variants' job folders (read only when "
+                   "baselines.vpd_importance_coeffs is non-empty)")],
+    "decompose": [("variant", False, "train this extra decomposition of the sweeps (e.g. coeff_0.001, split_2x) "
+                   "instead of the main one")],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", required=True, help="project config YAML")
         for inp in inputs:
             p.add_argument(f"--{inp}", required=True, help=f"{inp} stage output directory")
-        for flag, help_text in STAGE_FILES.get(name, []):
-            p.add_argument(f"--{flag}", required=True, help=help_text)
+        for flag, required, help_text in STAGE_ARGS.get(name, []):
+            p.add_argument(f"--{flag}", required=required, help=help_text)
         p.add_argument("--out", required=True, help="output directory of this stage")
         p.add_argument("--threads", type=int, help="cores of this job (Snakemake's {threads}), shared by its "
                        "processes; overrides the config's `threads`")

@@ -5,8 +5,9 @@
 
 rule harvest:
     input:
-        rules.train_target.output,
-        rules.decompose.output,
+        target=rules.train_target.output,
+        decomposition=rules.decompose.output,
+        tokens=rules.tokenizer.output,
         resolved_config=CONFIG_INPUT,
     output:
         subcomponents=f"{RESULTS}/harvest/subcomponents.parquet",
@@ -20,10 +21,10 @@ rule harvest:
         section=config.get("harvest", {}),
         seed=config["seed"],
         precision=config.get("precision", "auto"),
-        target=f"{RESULTS}/target",
-        tokens=f"{RESULTS}/tokenizer",
-        decomposition=f"{RESULTS}/decomposition",
-        out=f"{RESULTS}/harvest",
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/harvest.log",
     benchmark:
@@ -35,14 +36,15 @@ rule harvest:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{VPD} harvest {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
+        "python -m vpd harvest --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
 
 
 rule edit:
     input:
-        rules.train_target.output,
-        rules.decompose.output,
+        target=rules.train_target.output,
+        decomposition=rules.decompose.output,
+        tokens=rules.tokenizer.output,
         resolved_config=CONFIG_INPUT,
     output:
         subcomponents=f"{RESULTS}/edit/emoticon_subcomponents.csv",
@@ -58,10 +60,10 @@ rule edit:
         section=config.get("edit", {}),
         seed=config["seed"],
         precision=config.get("precision", "auto"),
-        target=f"{RESULTS}/target",
-        tokens=f"{RESULTS}/tokenizer",
-        decomposition=f"{RESULTS}/decomposition",
-        out=f"{RESULTS}/edit",
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/edit.log",
     benchmark:
@@ -73,5 +75,5 @@ rule edit:
         mem_mb=8000,
         runtime=120,
     shell:
-        "{VPD} edit {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
+        "python -m vpd edit --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"

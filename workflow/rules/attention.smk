@@ -4,9 +4,9 @@
 
 rule attention:
     input:
-        rules.train_target.output,
-        rules.decompose.output,
-        rules.tokenizer.output,
+        target=rules.train_target.output,
+        decomposition=rules.decompose.output,
+        tokens=rules.tokenizer.output,
         resolved_config=CONFIG_INPUT,
     output:
         prev=f"{RESULTS}/attention/prev_token_scores.csv",
@@ -27,10 +27,10 @@ rule attention:
     params:
         section=config.get("attention", {}),
         seed=config["seed"],
-        target=f"{RESULTS}/target",
-        tokens=f"{RESULTS}/tokenizer",
-        decomposition=f"{RESULTS}/decomposition",
-        out=f"{RESULTS}/attention",
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/attention.log",
     benchmark:
@@ -42,5 +42,5 @@ rule attention:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{VPD} attention {CONFIG_ARG} --threads {threads} --target {params.target} --decomposition {params.decomposition} "
+        "python -m vpd attention --config {input.resolved_config} --threads {threads} --target {params.target} --decomposition {params.decomposition} "
         "--tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"

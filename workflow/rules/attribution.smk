@@ -7,8 +7,8 @@ ATTRIBUTION_STEMS = [s for _, _, s in AttributionConfig.model_validate(config.ge
 
 rule attribution:
     input:
-        rules.train_target.output,
-        rules.decompose.output,
+        target=rules.train_target.output,
+        decomposition=rules.decompose.output,
         resolved_config=CONFIG_INPUT,
     output:
         table=f"{RESULTS}/attribution/graphs.csv",
@@ -20,9 +20,9 @@ rule attribution:
     params:
         section=config.get("attribution", {}),
         seed=config["seed"],
-        target=f"{RESULTS}/target",
-        decomposition=f"{RESULTS}/decomposition",
-        out=f"{RESULTS}/attribution",
+        target=folder_of("target"),
+        decomposition=folder_of("decomposition"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/attribution.log",
     benchmark:
@@ -34,5 +34,5 @@ rule attribution:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{VPD} attribution {CONFIG_ARG} --threads {threads} --target {params.target} --decomposition {params.decomposition} "
+        "python -m vpd attribution --config {input.resolved_config} --threads {threads} --target {params.target} --decomposition {params.decomposition} "
         "--out {params.out} 2>&1 | tee {log}"

@@ -1,13 +1,58 @@
-# Stages 6-7: BatchTopK transcoder baselines (PLT/CLT sweep) spliced into the target, the Pareto
-# comparison with VPD (main run + importance-coefficient sweep), and feature splitting (VPD at
-# several C against the baselines' transcoders at several dictionary sizes). Extra VPD runs keep
-# their checkpoints in their own folders (not declared outputs), so a killed run resumes.
+# Stages 6-7: BatchTopK transcoder baselines (PLT/CLT), the Pareto comparison with VPD (main run +
+# importance-coefficient sweep) and feature splitting (VPD at several C against transcoders at
+# several dictionary sizes). Every trained model is its own job: `transcoder` per (kind, n_latents,
+# k), `decompose_variant` (decompose.smk) per extra VPD run; `baselines` and `feature_splitting`
+# only read and compare them.
+
+
+wildcard_constraints:
+    transcoder=r"(plt|clt)_L\d+_k\d+",
+
+
+
+rule transcoder:
+    input:
+        target=rules.train_target.output,
+        tokens=rules.tokenizer.output,
+        resolved_config=CONFIG_INPUT,
+    output:
+        weights=f"{RESULTS}/transcoders/{{transcoder}}/transcoder.safetensors",
+        cfg=f"{RESULTS}/transcoders/{{transcoder}}/cfg.json",
+        local=f"{RESULTS}/transcoders/{{transcoder}}/local.csv",
+        point=f"{RESULTS}/transcoders/{{transcoder}}/pareto_point.json",
+        metrics=f"{RESULTS}/transcoders/{{transcoder}}/metrics.jsonl",
+        config=f"{RESULTS}/transcoders/{{transcoder}}/final_config.yaml",
+    params:
+        train=config["baselines"]["train"],
+        inference=config["baselines"]["inference"],
+        evaluate=config["evaluate"],
+        seed=config["seed"],
+        precision=config.get("precision", "auto"),
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        out=folder_of("output"),
+    log:
+        f"{RESULTS}/logs/transcoder_{{transcoder}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/transcoder_{{transcoder}}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: job_threads()
+    resources:
+        mem_mb=8000,
+        runtime=training_runtime("transcoder", config["baselines"]["train"]["steps"]),
+    shell:
+        "python -m vpd transcoder --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
+        "--name {wildcards.transcoder} --out {params.out} 2>&1 | tee {log}"
 
 
 rule baselines:
     input:
-        rules.train_target.output,
-        rules.decompose.output,
+        target=rules.train_target.output,
+        tokens=rules.tokenizer.output,
+        decomposition=rules.decompose.output,
+        transcoders=transcoder_files(TRANSCODERS),
+        variants=variant_files("pareto"),
         resolved_config=CONFIG_INPUT,
     output:
         transcoders=f"{RESULTS}/baselines/transcoders.csv",
@@ -17,15 +62,16 @@ rule baselines:
         figure=f"{RESULTS}/baselines/fig_pareto.png",
         figure_pdf=f"{RESULTS}/baselines/fig_pareto.pdf",
     params:
-        section=config["baselines"],
-        decompose=config["decompose"],
+        vpd_thresholds=config["baselines"]["vpd_thresholds"],
         evaluate=config["evaluate"],
         seed=config["seed"],
         precision=config.get("precision", "auto"),
-        target=f"{RESULTS}/target",
-        tokens=f"{RESULTS}/tokenizer",
-        decomposition=f"{RESULTS}/decomposition",
-        out=f"{RESULTS}/baselines",
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        transcoders=sweep_folder("transcoders"),
+        variants=sweep_folder("variants"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/baselines.log",
     benchmark:
@@ -35,16 +81,19 @@ rule baselines:
     threads: job_threads()
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=60,
     shell:
-        "{VPD} baselines {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
-        "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
+        "python -m vpd baselines --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
+        "--decomposition {params.decomposition} --transcoders {params.transcoders} --variants {params.variants} "
+        "--out {params.out} 2>&1 | tee {log}"
 
 
 rule feature_splitting:
     input:
-        rules.train_target.output,
-        rules.baselines.output,
+        target=rules.train_target.output,
+        tokens=rules.tokenizer.output,
+        transcoders=transcoder_files(job.name for job in splitting_transcoders(PROJECT)),
+        variants=variant_files("splitting"),
         resolved_config=CONFIG_INPUT,
     output:
         splitting=f"{RESULTS}/feature_splitting/splitting.csv",
@@ -56,14 +105,14 @@ rule feature_splitting:
         heatmap_pdf=f"{RESULTS}/feature_splitting/fig_splitting_heatmap.pdf",
     params:
         section=config["feature_splitting"],
-        decompose=config["decompose"],
         evaluate=config["evaluate"],
         seed=config["seed"],
         precision=config.get("precision", "auto"),
-        target=f"{RESULTS}/target",
-        tokens=f"{RESULTS}/tokenizer",
-        baselines=f"{RESULTS}/baselines",
-        out=f"{RESULTS}/feature_splitting",
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        transcoders=sweep_folder("transcoders"),
+        variants=sweep_folder("variants"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/feature_splitting.log",
     benchmark:
@@ -73,7 +122,7 @@ rule feature_splitting:
     threads: job_threads()
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=60,
     shell:
-        "{VPD} feature_splitting {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
-        "--baselines {params.baselines} --out {params.out} 2>&1 | tee {log}"
+        "python -m vpd feature_splitting --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
+        "--transcoders {params.transcoders} --variants {params.variants} --out {params.out} 2>&1 | tee {log}"

@@ -12,7 +12,7 @@ rule corpus:
     params:
         section=config["corpus"],
         seed=config["seed"],
-        out=f"{RESULTS}/corpus",
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/corpus.log",
     benchmark:
@@ -24,12 +24,12 @@ rule corpus:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{VPD} corpus {CONFIG_ARG} --threads {threads} --out {params.out} 2>&1 | tee {log}"
+        "python -m vpd corpus --config {input.resolved_config} --threads {threads} --out {params.out} 2>&1 | tee {log}"
 
 
 rule tokenizer:
     input:
-        rules.corpus.output,
+        corpus=rules.corpus.output,
         resolved_config=CONFIG_INPUT,
     output:
         tokenizer=f"{RESULTS}/tokenizer/tokenizer.json",
@@ -38,8 +38,8 @@ rule tokenizer:
         meta=f"{RESULTS}/tokenizer/meta.json",
     params:
         section=config["tokenizer"],
-        corpus=f"{RESULTS}/corpus",
-        out=f"{RESULTS}/tokenizer",
+        corpus=folder_of("corpus"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/tokenizer.log",
     benchmark:
@@ -51,4 +51,4 @@ rule tokenizer:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{VPD} tokenizer {CONFIG_ARG} --threads {threads} --corpus {params.corpus} --out {params.out} 2>&1 | tee {log}"
+        "python -m vpd tokenizer --config {input.resolved_config} --threads {threads} --corpus {params.corpus} --out {params.out} 2>&1 | tee {log}"

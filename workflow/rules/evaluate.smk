@@ -4,8 +4,9 @@
 
 rule evaluate:
     input:
-        rules.train_target.output,
-        rules.decompose.output,
+        target=rules.train_target.output,
+        decomposition=rules.decompose.output,
+        tokens=rules.tokenizer.output,
         resolved_config=CONFIG_INPUT,
     output:
         strategies=f"{RESULTS}/evaluation/mask_strategies.csv",
@@ -22,10 +23,10 @@ rule evaluate:
         section=config["evaluate"],
         seed=config["seed"],
         precision=config.get("precision", "auto"),
-        target=f"{RESULTS}/target",
-        tokens=f"{RESULTS}/tokenizer",
-        decomposition=f"{RESULTS}/decomposition",
-        out=f"{RESULTS}/evaluation",
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
@@ -37,5 +38,5 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "{VPD} evaluate {CONFIG_ARG} --threads {threads} --target {params.target} --tokens {params.tokens} "
+        "python -m vpd evaluate --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
         "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"

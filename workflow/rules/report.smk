@@ -22,8 +22,8 @@ rule notebook:
         section="|".join(NOTEBOOK_INPUTS),
     params:
         section=config.get("report", {}),
-        results=RESULTS,
-        out=f"{RESULTS}/notebooks",
+        results=results_folder,
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/notebook_{{section}}.log",
     benchmark:
@@ -35,7 +35,7 @@ rule notebook:
         mem_mb=4000,
         runtime=20,
     shell:
-        "{VPD} notebook {CONFIG_ARG} --threads {threads} --notebook {input.template} --results {params.results} "
+        "python -m vpd notebook --config {input.resolved_config} --threads {threads} --notebook {input.template} --results {params.results} "
         "--out {params.out} 2>&1 | tee {log}"
 
 
@@ -48,8 +48,8 @@ rule report:
         readme=f"{RESULTS}/paper/README.md",
     params:
         section=config.get("report", {}),
-        results=RESULTS,
-        out=f"{RESULTS}/paper",
+        results=results_folder,
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -61,4 +61,4 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{VPD} report {CONFIG_ARG} --threads {threads} --results {params.results} --out {params.out} 2>&1 | tee {log}"
+        "python -m vpd report --config {input.resolved_config} --threads {threads} --results {params.results} --out {params.out} 2>&1 | tee {log}"

@@ -5,7 +5,7 @@
 
 rule train_target:
     input:
-        rules.tokenizer.output,
+        tokens=rules.tokenizer.output,
         resolved_config=CONFIG_INPUT,
     output:
         model=f"{RESULTS}/target/model.safetensors",
@@ -15,12 +15,14 @@ rule train_target:
         probes=f"{RESULTS}/target/probes.csv",
         probes_prompts=f"{RESULTS}/target/probes_prompts.csv",
         figure=f"{RESULTS}/target/fig_target_curve.png",
+        figure_pdf=f"{RESULTS}/target/fig_target_curve.pdf",
     params:
         section=config["target"],
         seed=config["seed"],
         precision=config.get("precision", "auto"),
-        tokens=f"{RESULTS}/tokenizer",
-        out=f"{RESULTS}/target",
+        launch=launcher(config["target"]["train"]["world_size"]),
+        tokens=folder_of("tokens"),
+        out=folder_of("output"),
     log:
         f"{RESULTS}/logs/train_target.log",
     benchmark:
@@ -33,4 +35,4 @@ rule train_target:
         runtime=120,
         processes=config["target"]["train"]["world_size"],  # torchrun ranks (the Slurm profile asks for as many GPUs)
     shell:
-        "{TARGET_LAUNCH} train_target {CONFIG_ARG} --threads {threads} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"
+        "{params.launch} train_target --config {input.resolved_config} --threads {threads} --tokens {params.tokens} --out {params.out} 2>&1 | tee {log}"

@@ -42,3 +42,10 @@ class TokenShard:
         n = min(n_sequences, max(1, high // max(1, self.seq_len)))
         starts = np.linspace(0, high, num=n, dtype=np.int64)
         return self._windows(starts)
+
+
+def eval_windows(cfg, tokens_dir: str | Path, context: int) -> torch.Tensor:
+    """The shared held-out windows [N, context + 1] of every evaluation (VPD, transcoders, splitting):
+    `evaluate.eval_sequences` windows of val.bin, or the target curve's `target.train.eval_sequences`."""
+    n = cfg.evaluate.eval_sequences or cfg.target.train.eval_sequences
+    return TokenShard(Path(tokens_dir) / "val.bin", context).eval_windows(n)

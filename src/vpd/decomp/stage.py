@@ -1,5 +1,8 @@
 """The `decompose` stage: target + token shard -> decomposition artifacts under out_dir.
 
+With `variant` (a `vpd.sweeps.VariantJob` name) it trains that extra decomposition of the
+sweeps instead of the main one, with the same checkpoints, provenance and outputs.
+
 Writes components.safetensors, ci_fn.safetensors, decomposition.json, final_config.yaml,
 metrics.jsonl, fig_losses.{png,pdf}, fig_l0.{png,pdf}; checkpoints in out_dir/checkpoints/
 (a rerun resumes from the newest valid one).
@@ -16,6 +19,8 @@ import torch
 from vpd.config import ProjectConfig
 from vpd.data.tokens import TokenShard
 from vpd.decomp.api import decompose
+from vpd.decomp.variants import variant_decompose_config
+from vpd.sweeps import find_variant
 from vpd.utils.errors import InputError
 from vpd.utils.io import sha256_file, write_yaml
 from vpd.utils.distributed import init_distributed
@@ -25,21 +30,25 @@ from vpd.utils.runtime import configure_threads, resolve_precision, reuse_freed_
 log = logging.getLogger("vpd")
 
 
-def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_dir: Path) -> None:
+def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_dir: Path,
+                  variant: str | None = None) -> None:
     from vpd.plots import save_figure
     from vpd.plots.decomp import plot_l0, plot_losses
     from vpd.target.model import TargetLM
 
+    job = find_variant(cfg, variant) if variant is not None else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dcfg = cfg.decompose
-    dist = init_distributed(dcfg.world_size, "decompose.world_size")
+    dist = init_distributed(cfg.decompose.world_size, "decompose.world_size")
     configure_threads(cfg.threads)
     reuse_freed_memory()  # the per-step [B, T, ΣC] tensors reuse heap blocks instead of page-faulting
     seed_everything(cfg.seed)
     device = dist.device
     dtype = resolve_precision(cfg.precision, device)
     target = TargetLM.from_pretrained(target_dir, map_location=device, expect=cfg.target.model)
+    if job is not None:
+        cfg = cfg.model_copy(update={"decompose": variant_decompose_config(cfg, job, target)})
+    dcfg = cfg.decompose
     seq_len = dcfg.seq_len or target.cfg.context
     if seq_len > target.cfg.context:
         raise InputError(f"decompose.seq_len {seq_len} exceeds the target's context {target.cfg.context}: lower it or set it to null")
@@ -61,7 +70,8 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
         return  # rank 0 writes the outputs
     dec.save(out_dir)
     write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).replace("torch.", ""),
-                                               "provenance": dec.provenance})
+                                               "provenance": dec.provenance,
+                                               **({"variant": job.as_dict()} if job is not None else {})})
     df = pd.DataFrame(dec.history if dec.history else [])
     metrics_path = out_dir / "metrics.jsonl"
     if metrics_path.exists():

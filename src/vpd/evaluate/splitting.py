@@ -29,12 +29,20 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from vpd.baselines.transcoders import Transcoder, mlp_activations
 from vpd.config import ProjectConfig
-from vpd.decomp.config import MatrixSpec
+from vpd.data.tokens import eval_windows
+from vpd.decomp import Decomposition
+from vpd.decomp.variants import splitting_matrices
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
-from vpd.utils.io import write_csv
-from vpd.utils.provenance import upstream_digests
+from vpd.plots import save_figure
+from vpd.plots.splitting import plot_alive_vs_capacity, plot_splitting_heatmap
+from vpd.sweeps import splitting_transcoders, variant_jobs
+from vpd.target.model import load_target
+from vpd.utils.io import write_csv, write_yaml
+from vpd.utils.provenance import labelled_digests, upstream_digests
+from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 VPD_UNIT = "rank_one_UV"
 TRANSCODER_UNIT = "decoder"
@@ -136,7 +144,6 @@ def vpd_alive(dec, windows: torch.Tensor, batch_size: int, eps: float) -> dict[s
 @torch.no_grad()
 def transcoder_alive(target, tc, windows: torch.Tensor, batch_size: int, mode: str, dtype: torch.dtype) -> torch.Tensor:
     """[n_layer, L] bool: the latent fired on at least one token of the windows."""
-    from vpd.baselines.transcoders import mlp_activations
 
     fired = torch.zeros(tc.n_layer, tc.n_latents, dtype=torch.bool)
     for start in range(0, len(windows), batch_size):
@@ -148,38 +155,13 @@ def transcoder_alive(target, tc, windows: torch.Tensor, batch_size: int, mode: s
 
 
 # ---------------------------------------------------------------- the stage
-def splitting_matrices(cfg: ProjectConfig, target) -> dict[str, int]:
-    """The matrices of the splitting runs with their base C (from decompose.matrices)."""
-    from vpd.decomp.components import match_matrices
-
-    base = match_matrices(target, cfg.decompose.matrices)
-    chosen = match_matrices(target, [MatrixSpec(pattern=p, C=1) for p in cfg.feature_splitting.matrices])
-    missing = [n for n in chosen if n not in base]
-    if missing:
-        raise ValueError(f"feature_splitting.matrices selects {missing}, which decompose.matrices does not decompose "
-                         f"(no base C to multiply)")
-    return {n: base[n] for n in chosen}
-
-
-def multiplier_name(m: float) -> str:
-    return f"{m:g}x"
-
-
 def run_feature_splitting(
-    cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, baselines_dir: Path, out_dir: Path,
-    *, progress: bool = True,
+    cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, transcoders_dir: Path, variants_dir: Path, out_dir: Path,
 ) -> None:
-    """Writes <out>/{splitting.csv, splitting_matches.csv, final_config.yaml,
-    fig_feature_splitting.{png,pdf}, fig_splitting_heatmap.{png,pdf}} and the runs in <out>/vpd_<c>x/."""
-    from vpd.baselines.transcoders import Transcoder, transcoder_name
-    from vpd.evaluate.stage import eval_windows, load_target
-    from vpd.evaluate.variants import decompose_variant, variant_config
-    from vpd.plots import save_figure
-    from vpd.plots.splitting import plot_alive_vs_capacity, plot_splitting_heatmap
-    from vpd.utils.io import write_yaml
-    from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
-
-    out_dir, baselines_dir = start_stage(cfg.seed, out_dir), Path(baselines_dir)
+    """Reads the splitting variants <variants>/split_<m>x/ and the transcoders <transcoders>/<name>/;
+    writes <out>/{splitting.csv, splitting_matches.csv, final_config.yaml,
+    fig_feature_splitting.{png,pdf}, fig_splitting_heatmap.{png,pdf}}."""
+    out_dir, transcoders_dir, variants_dir = start_stage(cfg.seed, out_dir), Path(transcoders_dir), Path(variants_dir)
     device = default_device()
     dtype = resolve_precision(cfg.precision, device)
     fs, ecfg = cfg.feature_splitting, cfg.evaluate
@@ -190,14 +172,11 @@ def run_feature_splitting(
 
     split_rows, match_tables = [], []
     vpd_runs, vpd_caps = {}, {}
-    for m in fs.c_multipliers:
-        run = multiplier_name(m)
-        specs = [{"pattern": n, "C": max(1, round(m * c))} for n, c in base.items()]
-        dcfg = variant_config(cfg.decompose, matrices=specs, steps=fs.steps,
-                              faithfulness_warmup_steps=fs.faithfulness_warmup_steps, batch_size=fs.batch_size,
-                              seq_len=fs.seq_len)
-        dec = decompose_variant(target, dcfg, out_dir / f"vpd_{run}", target_dir=Path(target_dir),
-                                tokens_dir=Path(tokens_dir), seed=cfg.seed, dtype=dtype, device=device, progress=progress)
+    inputs = upstream_digests(target=target_dir, tokens=tokens_dir)
+    for job in (j for j in variant_jobs(cfg) if j.purpose == "splitting"):
+        m, run = job.C_multiplier, f"{job.C_multiplier:g}x"
+        dec = Decomposition.load(variants_dir / job.name, target, dtype=dtype, device=device)
+        inputs.update(labelled_digests(f"variants/{job.name}", "decomposition", variants_dir / job.name))
         alive = vpd_alive(dec, windows, ecfg.batch_size, ecfg.alive_eps)
         cap, n_alive = dec.total_C, int(sum(int(a.sum()) for a in alive.values()))
         split_rows.append({"method": "VPD", "run": run, "scale": m, "capacity": cap, "alive": n_alive})
@@ -207,9 +186,10 @@ def run_feature_splitting(
 
     for kind in fs.kinds:
         runs, caps = {}, {}
-        for n in fs.n_latents:
-            name = transcoder_name(kind, n, fs.k)
-            tc = Transcoder.load(baselines_dir / name, map_location=device).eval()
+        for job in (j for j in splitting_transcoders(cfg) if j.kind == kind):
+            n = job.n_latents
+            tc = Transcoder.load(transcoders_dir / job.name, map_location=device).eval()
+            inputs.update(labelled_digests(f"transcoders/{job.name}", "transcoder", transcoders_dir / job.name))
             fired = transcoder_alive(target, tc, windows, ecfg.batch_size, cfg.baselines.inference, dtype)
             run = f"L={n}"
             cap, n_alive = n * tc.n_layer, int(fired.sum())
@@ -229,7 +209,7 @@ def run_feature_splitting(
     write_yaml(out_dir / "final_config.yaml", {
         **cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch."),
         "base_C": base, "seconds": round(time.perf_counter() - t0, 1),
-        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir),
+        "inputs": inputs,
     })
     log.info("feature splitting done in %.0f s, outputs in %s", time.perf_counter() - t0, out_dir)
 

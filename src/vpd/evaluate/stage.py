@@ -19,37 +19,19 @@ import pandas as pd
 import torch
 
 from vpd.config import ProjectConfig
-from vpd.data.tokens import TokenShard
+from vpd.data.tokens import eval_windows
 from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.mask_strategies import evaluate_masks, evaluate_pgd, standard_strategies, summarise_pgd
 from vpd.evaluate.paper import paper_vs_ours
 from vpd.utils.io import write_csv, write_text, write_yaml
 from vpd.utils.provenance import upstream_digests
+from vpd.target.model import load_target
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 OUTPUT_TABLES = (
     "mask_strategies.csv", "pgd_steps.csv", "compute_recovered.csv", "l0_by_layer.csv", "l0_by_matrix.csv",
 )
 FIGURES = ("fig_compute_recovered", "fig_pgd", "fig_l0_by_layer")
-
-
-def eval_windows(cfg: ProjectConfig, tokens_dir: Path, context: int) -> torch.Tensor:
-    """The shared held-out windows [N, context + 1] of every evaluation (VPD and baselines)."""
-    n = cfg.evaluate.eval_sequences or cfg.target.train.eval_sequences
-    return TokenShard(Path(tokens_dir) / "val.bin", context).eval_windows(n)
-
-
-def load_target(target_dir: Path, device: torch.device, expect=None):
-    """The trained target (frozen, eval mode) and its `curve.csv`; `expect` (the config's
-    `target.model`) refuses a target folder trained under another architecture."""
-    from vpd.target.model import TargetLM
-
-    curve_path = Path(target_dir) / "curve.csv"
-    if not curve_path.exists():
-        raise FileNotFoundError(f"{curve_path} does not exist (run the train_target stage first)")
-    target = TargetLM.from_pretrained(target_dir, map_location=device, expect=expect).eval()
-    target.requires_grad_(False)
-    return target, pd.read_csv(curve_path)
 
 
 def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, out_dir: Path) -> None:

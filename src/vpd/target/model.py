@@ -270,3 +270,17 @@ class TargetLM(nn.Module):
             )
         model.load_state_dict(tensors, strict=True)
         return model.to(map_location)
+
+
+def load_target(target_dir: str | Path, device: torch.device | str = "cpu", expect: TargetModelConfig | None = None):
+    """The trained target of a train_target folder, frozen in eval mode, and its `curve.csv`
+    (a DataFrame); `expect` (the config's `target.model`) refuses a folder trained under another
+    architecture."""
+    import pandas as pd
+
+    curve_path = Path(target_dir) / "curve.csv"
+    if not curve_path.exists():
+        raise FileNotFoundError(f"{curve_path} does not exist (run the train_target stage first)")
+    target = TargetLM.from_pretrained(target_dir, map_location=device, expect=expect).eval()
+    target.requires_grad_(False)
+    return target, pd.read_csv(curve_path)

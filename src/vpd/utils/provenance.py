@@ -61,11 +61,17 @@ UPSTREAM_FILES = {
     "target": ("model.safetensors", "config.json"),
     "tokens": ("train.bin", "val.bin"),
     "decomposition": ("components.safetensors", "ci_fn.safetensors", "decomposition.json"),
+    "transcoder": ("transcoder.safetensors", "cfg.json", "pareto_point.json"),
 }
+
+
+def labelled_digests(label: str, kind: str, folder: str | Path) -> dict[str, str]:
+    """sha256 of the files of UPSTREAM_FILES[kind] that exist in folder, keyed "<label>/<file>"."""
+    return {f"{label}/{name}": sha256_file(Path(folder) / name)
+            for name in UPSTREAM_FILES[kind] if (Path(folder) / name).exists()}
 
 
 def upstream_digests(**folders: str | Path) -> dict[str, str]:
     """sha256 of every upstream file that exists, keyed "<folder kind>/<file>", for a stage's
     final_config.yaml: e.g. upstream_digests(target=..., decomposition=...)."""
-    return {f"{kind}/{name}": sha256_file(Path(folder) / name)
-            for kind, folder in folders.items() for name in UPSTREAM_FILES[kind] if (Path(folder) / name).exists()}
+    return {key: digest for kind, folder in folders.items() for key, digest in labelled_digests(kind, kind, folder).items()}

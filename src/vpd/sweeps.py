@@ -1,0 +1,99 @@
+"""The models the sweeps train besides the target and the main decomposition, one Snakemake job each.
+
+Torch-free: the Snakefile lists these jobs while it builds the DAG.
+
+Transcoders: every (kind, n_latents, k) of `baselines` (the feature-splitting grid is a subset,
+checked by the config). VPD variants: one decomposition per `baselines.vpd_importance_coeffs`
+entry (importance-minimality sweep, `baselines.vpd_steps` steps) and one per
+`feature_splitting.c_multipliers` entry (the MLP matrices at m x C). A variant's job folder name
+is its `name`; the decompose stage turns a variant into its decomposition config
+(`vpd.decomp.variants`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from vpd.config import ConfigError, ProjectConfig
+
+@dataclass(frozen=True)
+class TranscoderJob:
+    kind: Literal["plt", "clt"]
+    n_latents: int
+    k: int
+
+    @property
+    def name(self) -> str:
+        """Folder and job name, e.g. `plt_L4096_k16`."""
+        return f"{self.kind}_L{self.n_latents}_k{self.k}"
+
+    def init_seed(self, seed: int) -> int:
+        """Seed of this transcoder's initialisation: the run seed mixed with its name (crc32, stable
+        across processes), so each job starts the same wherever and whenever it runs."""
+        return (seed * 1_000_003 + zlib.crc32(self.name.encode())) % 2**63
+
+
+@dataclass(frozen=True)
+class VariantJob:
+    """One extra decomposition: `purpose` says which comparison reads it."""
+
+    name: str
+    purpose: Literal["pareto", "splitting"]
+    importance_minimality: Optional[float] = None  # pareto: replaces decompose.coeffs.importance_minimality
+    C_multiplier: Optional[float] = None  # splitting: feature_splitting.matrices at this multiple of their C
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "purpose": self.purpose, "importance_minimality": self.importance_minimality,
+                "C_multiplier": self.C_multiplier}
+
+
+def transcoder_jobs(cfg: ProjectConfig) -> list[TranscoderJob]:
+    b = cfg.baselines
+    return [TranscoderJob(kind, n, k) for kind in b.kinds for n in b.n_latents for k in b.k]
+
+
+def splitting_transcoders(cfg: ProjectConfig) -> list[TranscoderJob]:
+    fs = cfg.feature_splitting
+    return [TranscoderJob(kind, n, fs.k) for kind in fs.kinds for n in fs.n_latents]
+
+
+def coeff_variant_name(coeff: float) -> str:
+    return f"coeff_{coeff:g}"
+
+
+def split_variant_name(multiplier: float) -> str:
+    return f"split_{multiplier:g}x"
+
+
+def variant_jobs(cfg: ProjectConfig) -> list[VariantJob]:
+    pareto = [VariantJob(coeff_variant_name(c), "pareto", importance_minimality=c)
+              for c in cfg.baselines.vpd_importance_coeffs]
+    splitting = [VariantJob(split_variant_name(m), "splitting", C_multiplier=m)
+                 for m in cfg.feature_splitting.c_multipliers]
+    return pareto + splitting
+
+
+def find_transcoder(cfg: ProjectConfig, name: str) -> TranscoderJob:
+    """The transcoder job called `name`; a name outside the configured sweep is a ConfigError naming them."""
+    jobs = {j.name: j for j in transcoder_jobs(cfg)}
+    if name not in jobs:
+        raise ConfigError(f"transcoder {name!r} is not in the baselines sweep (kinds x n_latents x k: {sorted(jobs)})")
+    return jobs[name]
+
+
+def find_variant(cfg: ProjectConfig, name: str) -> VariantJob:
+    """The VPD variant called `name`; an unknown name is a ConfigError naming the configured ones."""
+    jobs = {j.name: j for j in variant_jobs(cfg)}
+    if name not in jobs:
+        raise ConfigError(f"decomposition variant {name!r} is not configured (baselines.vpd_importance_coeffs and "
+                         f"feature_splitting.c_multipliers give: {sorted(jobs)})")
+    return jobs[name]
+
+
+def variant_steps(cfg: ProjectConfig, job: VariantJob) -> int:
+    """Optimisation steps of a variant (sizes its job's runtime)."""
+    if job.purpose == "pareto":
+        return cfg.baselines.vpd_steps or cfg.decompose.steps
+    return cfg.feature_splitting.steps
