@@ -59,4 +59,5 @@ rule all:
         rules.attribution.output,
         rules.attention.output,
         rules.report.output,
+        rules.seeds.output if PROJECT.seeds else [],
     default_target: True

@@ -123,7 +123,8 @@ def test_dry_run_builds_full_dag(name, tmp_path):
     assert transcoders == sorted(j.name for j in transcoder_jobs(cfg))
     assert variants == sorted(j.name for j in variant_jobs(cfg))
     assert len(transcoders) == len(cfg.baselines.kinds) * len(cfg.baselines.n_latents) * len(cfg.baselines.k)
-    assert len(variants) == len(cfg.baselines.vpd_importance_coeffs) + len(cfg.feature_splitting.c_multipliers)
+    assert len(variants) == (len(cfg.baselines.vpd_importance_coeffs) + len(cfg.feature_splitting.c_multipliers)
+                             + len(set(cfg.seeds) - {cfg.seed}))
     # the training stages go through torchrun exactly when the config asks for several processes
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 8 -m vpd"
     shell = res.stdout
@@ -203,3 +204,44 @@ def test_cli_threads_are_the_jobs_cores_shared_by_its_processes(tmp_path, monkey
     assert cli.main(base + ["--threads", "4"]) == 0
     assert cli.main(base) == 0  # without --threads: the config's value
     assert seen == [3, 2, 2]
+
+
+def test_seeds_dry_run_lists_one_decomposition_and_one_evaluation_per_seed(tmp_path):
+    # config/seeds.yaml is merged over config/config.yaml (the Snakefile's configfile, relative to the
+    # working directory: named here because the test runs in tmp_path)
+    res = _snakemake("-n", "-p", "--configfile", str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "seeds.yaml"),
+                     "--directory", str(tmp_path),
+                     "--snakefile", str(ROOT / "Snakefile"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    blocks = res.stdout.split("\nrule ")
+    seeds = yaml.safe_load((ROOT / "config" / "seeds.yaml").read_text())["seeds"]
+    extra = sorted(f"seed_{s}" for s in seeds if s != _load("config.yaml")["seed"])
+    decompositions = sorted(b.split("wildcards: variant=")[1].split()[0] for b in blocks
+                            if b.startswith("decompose_variant:") and "variant=seed_" in b)
+    evaluations = sorted(b.split("wildcards: variant=")[1].split()[0] for b in blocks if b.startswith("evaluate_seed:"))
+    assert decompositions == evaluations == extra  # the seed equal to `seed` is the main decomposition
+    assert sum(b.startswith("decompose:") for b in blocks) == sum(b.startswith("evaluate:") for b in blocks) == 1
+    assert sum(b.startswith("seeds:") for b in blocks) == 1
+    for name in extra:
+        assert f"--variant {name} --out results/default/variants/{name}" in res.stdout
+        assert f"--decomposition results/default/variants/{name} --out results/default/variants/{name}/evaluation" in res.stdout
+
+
+@pytest.mark.parametrize("seeds", [[3], [1, 1]])
+def test_seeds_need_two_distinct_values(seeds):
+    data = _load("ci.yaml")
+    data["seeds"] = seeds
+    with pytest.raises(ConfigError, match="seeds"):
+        parse_config(data)
+
+
+def test_seed_variants_are_the_main_decomposition_at_other_seeds():
+    from vpd.sweeps import seed_runs, variant_jobs, variant_steps
+
+    data = _load("ci.yaml")
+    data["seeds"] = [data["seed"], 7]
+    cfg = parse_config(data)
+    assert seed_runs(cfg) == {data["seed"]: None, 7: "seed_7"}
+    job = [j for j in variant_jobs(cfg) if j.purpose == "seed"]
+    assert [(j.name, j.seed) for j in job] == [("seed_7", 7)]
+    assert variant_steps(cfg, job[0]) == cfg.decompose.steps

@@ -19,6 +19,8 @@ from vpd.decomp import decompose
 from vpd.evaluate.mask_strategies import standard_strategies
 from vpd.target.model import TargetLM
 
+from project import write_tokenizer_files
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,11 +63,12 @@ def setup(tmp_path_factory):
                   "val_ce": np.linspace(6.5, 5.0, len(steps))}).to_csv(root / "target/curve.csv", index=False)
     tokens = root / "tokens"
     tokens.mkdir()
+    write_tokenizer_files(tokens, 300)  # evaluate encodes and decodes its showcase generations (ids < vocab_size)
     rng = np.random.default_rng(0)
     for split, n in (("train", 4000), ("val", 1000)):
         rng.integers(0, mcfg.vocab_size, n, dtype=np.uint16).tofile(tokens / f"{split}.bin")
     dec = decompose(target, lambda gen: torch.randint(0, mcfg.vocab_size, (2, mcfg.context), generator=gen),
-                    cfg.decompose, seed=0, progress=False)
+                    cfg.decompose, seed=0, progress=False, out_dir=root / "decomposition")  # writes metrics.jsonl
     dec.save(root / "decomposition")
     return cfg, root
 

@@ -154,3 +154,30 @@ def test_upstream_digests_hash_the_files_a_stage_read(tmp_path):
     (tmp_path / "t" / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "t" / "other.txt").write_text("not read")
     assert upstream_digests(target=tmp_path / "t") == {"target/model.safetensors": hashlib.sha256(b"weights").hexdigest()}
+
+
+def test_source_commit_names_head_and_dirty_trees(tmp_path):
+    import subprocess
+
+    from vpd.utils.provenance import source_commit
+
+    assert source_commit(tmp_path) == "unknown"  # not a git checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run(git + ["add", "f.txt"], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert source_commit(tmp_path) == head
+    (tmp_path / "new.txt").write_text("untracked files do not count")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "f.txt").write_text("b")
+    assert source_commit(tmp_path) == head + "+dirty"
+
+
+def test_config_digest_ignores_key_order_and_sees_values():
+    from vpd.utils.provenance import config_digest
+
+    assert config_digest({"a": 1, "b": {"c": 2}}) == config_digest({"b": {"c": 2}, "a": 1})
+    assert config_digest({"a": 1}) != config_digest({"a": 2})
+    assert len(config_digest({})) == 16

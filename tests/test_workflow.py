@@ -83,6 +83,21 @@ def test_ci_dag_end_to_end(tmp_path):
     assert recovered["name"].tolist() == strategies["strategy"].tolist()[1:]  # one row per strategy
     assert recovered["fraction"].between(0, 1).all()
     assert "| unmasked: compute recovered |" in (out / "evaluation/paper_vs_ours.md").read_text()
+    pgd = pd.read_csv(out / "evaluation/pgd_steps.csv")
+    assert {"kl_mean", "kl_sem", "n_batches"} <= set(pgd.columns)
+    firing = pd.read_csv(out / "evaluation/firing_counts.csv")
+    total = firing[(firing["matrix"] == "all") & (firing["threshold"] == 0.0)].iloc[0]
+    assert total["C"] == firing.loc[(firing["matrix"] != "all") & (firing["threshold"] == 0.0), "C"].sum()
+    assert total["never_fire"] + total["rare"] <= total["C"]
+    losses = pd.read_csv(out / "evaluation/vpd_losses.csv")
+    assert {"Δ-L2 faithfulness", "stochastic KL (Δ sampled)", "stochastic KL (Δ dropped)"} <= set(losses["term"])
+    generations = pd.read_csv(out / "evaluation/generations.csv", keep_default_na=False)
+    assert generations.groupby("prompt").size().eq(6).all()  # target + 4 strategies + PGD
+    assert generations.loc[generations["model"] == "target", "agrees_with_target"].eq(1.0).all()
+    headline = pd.read_csv(out / "seeds/headline.csv").set_index("quantity")
+    assert headline.loc["L0 (CI > 0)", "n"] == 2 and headline.loc["PGD-20 KL", "n"] == 2
+    mmcs = pd.read_csv(out / "seeds/seed_mmcs.csv")
+    assert mmcs["run_a"].tolist() == ["seed 0", "seed 1", "random init"]
     pareto = pd.read_csv(out / "baselines/pareto.csv")
     assert not pareto.duplicated(["method", "setting"]).any() and set(pareto["method"]) == {"VPD", "PLT", "CLT"}
     assert len(pareto) == 2 * 2 * 2 + 3 * 2  # (plt, clt) x 2 sizes x 2 k; 3 thresholds x (main + 1 coefficient)
@@ -104,7 +119,7 @@ def test_ci_dag_end_to_end(tmp_path):
     assert len(list((out / "notebooks").glob("*.ipynb"))) == 6
     # Every stage after the decomposition records the sha256 of the upstream files it read.
     folders = {"target": "target", "tokens": "tokenizer", "decomposition": "decomposition"}
-    for stage in ("evaluation", "baselines", "feature_splitting", "harvest", "edit", "attribution", "attention"):
+    for stage in ("evaluation", "baselines", "feature_splitting", "harvest", "edit", "attribution", "attention", "seeds"):
         inputs = yaml.safe_load((out / stage / "final_config.yaml").read_text())["inputs"]
         assert "target/model.safetensors" in inputs, stage
         for key, digest in inputs.items():
@@ -113,9 +128,10 @@ def test_ci_dag_end_to_end(tmp_path):
             assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), (stage, key)
     # One job folder per trained model of the sweeps, each with its own log and benchmark.
     assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8
-    assert sorted(p.name for p in (out / "variants").iterdir()) == ["coeff_0.002", "split_0.5x", "split_1x", "split_2x", "split_4x"]
+    assert sorted(p.name for p in (out / "variants").iterdir()) == ["coeff_0.002", "seed_1", "split_0.5x", "split_1x",
+                                                                    "split_2x", "split_4x"]
     assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8
-    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 5
+    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 6
     tmp_path = workdir
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")

@@ -69,6 +69,13 @@ def _stage_feature_splitting(cfg, args):
                           Path(args.out))
 
 
+def _stage_seeds(cfg, args):
+    from vpd.evaluate.seeds_stage import run_seeds
+
+    run_seeds(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.evaluation),
+              Path(args.variants), Path(args.out))
+
+
 def _stage_harvest(cfg, args):
     from vpd.analysis.harvest import run_harvest
 
@@ -115,6 +122,7 @@ STAGES = {
     "transcoder": (_stage_transcoder, ["target", "tokens"]),
     "baselines": (_stage_baselines, ["target", "tokens", "decomposition", "transcoders"]),
     "feature_splitting": (_stage_feature_splitting, ["target", "tokens", "transcoders", "variants"]),
+    "seeds": (_stage_seeds, ["target", "tokens", "decomposition", "evaluation", "variants"]),
     "harvest": (_stage_harvest, ["target", "tokens", "decomposition"]),
     "edit": (_stage_edit, ["target", "tokens", "decomposition"]),
     "attribution": (_stage_attribution, ["target", "decomposition"]),

@@ -134,6 +134,11 @@ class ProjectConfig(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="results go to results/<name>/")
     seed: int = Field(0, description="seeds torch, numpy and python in every stage, and the data order")
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="decomposition seeds of the seeds comparison (seeds/headline.csv): each seed other than `seed` "
+        "is one more decomposition and evaluation job; empty skips the comparison",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="matmul precision; auto = bf16 where the hardware has it")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads per process (default: all)")
     corpus: CorpusConfig = Field(description="stage 1: the text corpus")
@@ -153,6 +158,8 @@ class ProjectConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ProjectConfig":
+        if len(set(self.seeds)) != len(self.seeds) or len(self.seeds) == 1:
+            raise ValueError(f"seeds must list at least two distinct seeds (or none), got {self.seeds}")
         if self.target.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(
                 f"target.model.vocab_size ({self.target.model.vocab_size}) must equal "

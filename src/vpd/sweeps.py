@@ -4,8 +4,9 @@ Torch-free: the Snakefile lists these jobs while it builds the DAG.
 
 Transcoders: every (kind, n_latents, k) of `baselines` (the feature-splitting grid is a subset,
 checked by the config). VPD variants: one decomposition per `baselines.vpd_importance_coeffs`
-entry (importance-minimality sweep, `baselines.vpd_steps` steps) and one per
-`feature_splitting.c_multipliers` entry (the MLP matrices at m x C). A variant's job folder name
+entry (importance-minimality sweep, `baselines.vpd_steps` steps), one per
+`feature_splitting.c_multipliers` entry (the MLP matrices at m x C) and one per entry of `seeds`
+other than the run's `seed` (the main decomposition at another seed). A variant's job folder name
 is its `name`; the decompose stage turns a variant into its decomposition config
 (`vpd.decomp.variants`).
 """
@@ -40,13 +41,14 @@ class VariantJob:
     """One extra decomposition: `purpose` says which comparison reads it."""
 
     name: str
-    purpose: Literal["pareto", "splitting"]
+    purpose: Literal["pareto", "splitting", "seed"]
     importance_minimality: Optional[float] = None  # pareto: replaces decompose.coeffs.importance_minimality
     C_multiplier: Optional[float] = None  # splitting: feature_splitting.matrices at this multiple of their C
+    seed: Optional[int] = None  # seed: the main decomposition's config at this seed
 
     def as_dict(self) -> dict:
         return {"name": self.name, "purpose": self.purpose, "importance_minimality": self.importance_minimality,
-                "C_multiplier": self.C_multiplier}
+                "C_multiplier": self.C_multiplier, "seed": self.seed}
 
 
 def transcoder_jobs(cfg: ProjectConfig) -> list[TranscoderJob]:
@@ -67,12 +69,22 @@ def split_variant_name(multiplier: float) -> str:
     return f"split_{multiplier:g}x"
 
 
+def seed_variant_name(seed: int) -> str:
+    return f"seed_{seed}"
+
+
 def variant_jobs(cfg: ProjectConfig) -> list[VariantJob]:
     pareto = [VariantJob(coeff_variant_name(c), "pareto", importance_minimality=c)
               for c in cfg.baselines.vpd_importance_coeffs]
     splitting = [VariantJob(split_variant_name(m), "splitting", C_multiplier=m)
                  for m in cfg.feature_splitting.c_multipliers]
-    return pareto + splitting
+    seeds = [VariantJob(seed_variant_name(s), "seed", seed=s) for s in cfg.seeds if s != cfg.seed]
+    return pareto + splitting + seeds
+
+
+def seed_runs(cfg: ProjectConfig) -> dict[int, Optional[str]]:
+    """Each seed of the seeds comparison -> its variant's name (None: the main decomposition)."""
+    return {s: None if s == cfg.seed else seed_variant_name(s) for s in cfg.seeds}
 
 
 def find_transcoder(cfg: ProjectConfig, name: str) -> TranscoderJob:
@@ -87,8 +99,8 @@ def find_variant(cfg: ProjectConfig, name: str) -> VariantJob:
     """The VPD variant called `name`; an unknown name is a ConfigError naming the configured ones."""
     jobs = {j.name: j for j in variant_jobs(cfg)}
     if name not in jobs:
-        raise ConfigError(f"decomposition variant {name!r} is not configured (baselines.vpd_importance_coeffs and "
-                         f"feature_splitting.c_multipliers give: {sorted(jobs)})")
+        raise ConfigError(f"decomposition variant {name!r} is not configured (baselines.vpd_importance_coeffs, "
+                         f"feature_splitting.c_multipliers and seeds give: {sorted(jobs)})")
     return jobs[name]
 
 
@@ -96,4 +108,6 @@ def variant_steps(cfg: ProjectConfig, job: VariantJob) -> int:
     """Optimisation steps of a variant (sizes its job's runtime)."""
     if job.purpose == "pareto":
         return cfg.baselines.vpd_steps or cfg.decompose.steps
+    if job.purpose == "seed":
+        return cfg.decompose.steps
     return cfg.feature_splitting.steps

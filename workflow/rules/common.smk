@@ -56,8 +56,15 @@ def folder_of(name: str):
 
 def sweep_folder(kind: str):
     """A params function: the folder holding one job folder per trained model of a sweep
-    (`transcoders` or `variants`), two levels above their files."""
-    return lambda wildcards: f"{RESULTS}/{kind}"
+    (`transcoders` or `variants`): two levels above the files of the input named `kind`
+    (results/<name>/<kind> when that input is empty)."""
+
+    def fn(wildcards, input):
+        files = input.get(kind) or []
+        files = [files] if isinstance(files, str) else list(files)
+        return str(Path(files[0]).parent.parent) if files else f"{RESULTS}/{kind}"
+
+    return fn
 
 
 def results_folder(wildcards, output):
@@ -92,11 +99,17 @@ def variant_files(purpose: str):
     return [f"{RESULTS}/variants/{n}/{f}" for n, job in VARIANTS.items() if job.purpose == purpose for f in VARIANT_FILES]
 
 
+def seed_variant_names():
+    return [n for n, job in VARIANTS.items() if job.purpose == "seed"]
+
+
 def variant_sections(wildcards):
     """What a variant's decomposition is made from: its own settings and the section they change."""
     job = VARIANTS[wildcards.variant]
     if job.purpose == "pareto":
         return {"variant": job.as_dict(), "vpd_steps": config["baselines"]["vpd_steps"]}
+    if job.purpose == "seed":
+        return {"variant": job.as_dict()}
     fs = config["feature_splitting"]
     return {"variant": job.as_dict(),
             **{k: fs[k] for k in ("matrices", "steps", "faithfulness_warmup_steps", "batch_size", "seq_len")}}

@@ -54,6 +54,8 @@ rule decompose_variant:
         metrics=f"{RESULTS}/variants/{{variant}}/metrics.jsonl",
         losses=f"{RESULTS}/variants/{{variant}}/fig_losses.png",
         l0=f"{RESULTS}/variants/{{variant}}/fig_l0.png",
+    wildcard_constraints:
+        variant="[^/]+",
     params:
         section=config["decompose"],
         changes=variant_sections,

@@ -1,5 +1,34 @@
-# Stage 5: the decomposition on the target's held-out windows: L0/alive/density, CE and KL per mask
-# strategy, the PGD attack, and pretraining compute recovered against the target's curve.csv.
+# Stage 5: the decomposition on the target's held-out windows: L0/alive/density, dead and rarely
+# firing subcomponents, CE and KL per mask strategy, the PGD attack, pretraining compute recovered
+# against the target's curve.csv, the final loss terms and the generations showcase. With `seeds`,
+# each seed variant is evaluated the same way and the `seeds` rule compares them.
+
+EVALUATION_FILES = {
+    "strategies": "mask_strategies.csv",
+    "pgd": "pgd_steps.csv",
+    "recovered": "compute_recovered.csv",
+    "l0_layer": "l0_by_layer.csv",
+    "l0_matrix": "l0_by_matrix.csv",
+    "firing": "firing_counts.csv",
+    "losses": "vpd_losses.csv",
+    "generations": "generations.csv",
+    "generations_md": "generations.md",
+    "paper": "paper_vs_ours.md",
+    "config": "final_config.yaml",
+    "fig_recovered": "fig_compute_recovered.png",
+    "fig_pgd": "fig_pgd.png",
+    "fig_l0": "fig_l0_by_layer.png",
+}
+
+
+def evaluation_outputs(folder):
+    return {key: f"{folder}/{name}" for key, name in EVALUATION_FILES.items()}
+
+
+EVALUATE_SHELL = (
+    "python -m vpd evaluate --config {input.resolved_config} --threads {threads} --target {params.target} "
+    "--tokens {params.tokens} --decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
+)
 
 
 rule evaluate:
@@ -9,16 +38,7 @@ rule evaluate:
         tokens=rules.tokenizer.output,
         resolved_config=CONFIG_INPUT,
     output:
-        strategies=f"{RESULTS}/evaluation/mask_strategies.csv",
-        pgd=f"{RESULTS}/evaluation/pgd_steps.csv",
-        recovered=f"{RESULTS}/evaluation/compute_recovered.csv",
-        l0_layer=f"{RESULTS}/evaluation/l0_by_layer.csv",
-        l0_matrix=f"{RESULTS}/evaluation/l0_by_matrix.csv",
-        paper=f"{RESULTS}/evaluation/paper_vs_ours.md",
-        config=f"{RESULTS}/evaluation/final_config.yaml",
-        fig_recovered=f"{RESULTS}/evaluation/fig_compute_recovered.png",
-        fig_pgd=f"{RESULTS}/evaluation/fig_pgd.png",
-        fig_l0=f"{RESULTS}/evaluation/fig_l0_by_layer.png",
+        **evaluation_outputs(f"{RESULTS}/evaluation"),
     params:
         section=config["evaluate"],
         seed=config["seed"],
@@ -38,5 +58,77 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m vpd evaluate --config {input.resolved_config} --threads {threads} --target {params.target} --tokens {params.tokens} "
-        "--decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"
+        EVALUATE_SHELL
+
+
+# One seed variant of the seeds comparison, evaluated exactly as the main decomposition.
+rule evaluate_seed:
+    input:
+        target=rules.train_target.output,
+        decomposition=[f"{RESULTS}/variants/{{variant}}/{f}" for f in (*VARIANT_FILES, "metrics.jsonl")],
+        tokens=rules.tokenizer.output,
+        resolved_config=CONFIG_INPUT,
+    output:
+        **evaluation_outputs(f"{RESULTS}/variants/{{variant}}/evaluation"),
+    wildcard_constraints:
+        variant="seed_[0-9]+",
+    params:
+        section=config["evaluate"],
+        seed=config["seed"],
+        precision=config.get("precision", "auto"),
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        out=folder_of("output"),
+    log:
+        f"{RESULTS}/logs/evaluate_seed_{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_seed_{{variant}}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: job_threads()
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        EVALUATE_SHELL
+
+
+# The headline numbers over `seeds` (mean, std, min, max) and the seed MMCS table.
+rule seeds:
+    input:
+        target=rules.train_target.output,
+        tokens=rules.tokenizer.output,
+        decomposition=rules.decompose.output,
+        evaluation=rules.evaluate.output,
+        variants=variant_files("seed"),
+        seed_evaluations=[f"{RESULTS}/variants/{n}/evaluation/{f}" for n in seed_variant_names()
+                          for f in EVALUATION_FILES.values()],
+        resolved_config=CONFIG_INPUT,
+    output:
+        headline=f"{RESULTS}/seeds/headline.csv",
+        mmcs=f"{RESULTS}/seeds/seed_mmcs.csv",
+        config=f"{RESULTS}/seeds/final_config.yaml",
+    params:
+        seeds=config.get("seeds", []),
+        evaluate=config["evaluate"],
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        decomposition=folder_of("decomposition"),
+        evaluation=folder_of("evaluation"),
+        variants=sweep_folder("variants"),
+        out=folder_of("output"),
+    log:
+        f"{RESULTS}/logs/seeds.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/seeds.tsv"
+    conda:
+        "../../environment.yml"
+    threads: job_threads()
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "python -m vpd seeds --config {input.resolved_config} --threads {threads} --target {params.target} "
+        "--tokens {params.tokens} --decomposition {params.decomposition} --evaluation {params.evaluation} "
+        "--variants {params.variants} --out {params.out} 2>&1 | tee {log}"

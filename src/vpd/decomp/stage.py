@@ -37,6 +37,8 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
     from vpd.target.model import TargetLM
 
     job = find_variant(cfg, variant) if variant is not None else None
+    if job is not None and job.seed is not None:
+        cfg = cfg.model_copy(update={"seed": job.seed})  # a seed variant: the main decomposition at another seed
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dist = init_distributed(cfg.decompose.world_size, "decompose.world_size")

@@ -5,6 +5,7 @@ pareto     coeffs.importance_minimality replaced, `baselines.vpd_steps` steps.
 splitting  only the matrices of `feature_splitting.matrices`, each at round(m x C) (at least 1)
            with C from decompose.matrices; steps, warm-up, batch size and sequence length from the
            `feature_splitting` section where it sets them.
+seed       the decompose section unchanged (the stage runs it at the variant's seed).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def splitting_matrices(cfg: ProjectConfig, target: nn.Module) -> dict[str, int]:
 
 
 def variant_decompose_config(cfg: ProjectConfig, job: VariantJob, target: nn.Module) -> DecompositionConfig:
+    if job.purpose == "seed":
+        return cfg.decompose
     if job.purpose == "pareto":
         return variant_config(cfg.decompose, importance_minimality=job.importance_minimality,
                               steps=cfg.baselines.vpd_steps)

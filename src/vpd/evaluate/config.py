@@ -32,6 +32,19 @@ class EvaluateConfig(BaseModel):
     pgd_step_size: float = Field(0.1, gt=0, description="PGD eval: sign-ascent step on the sources, clamped to [0, 1]")
     pgd_batches: int = Field(2, ge=1, description="PGD eval: eval batches attacked, each with fresh shared sources")
     pgd_batch_size: Optional[int] = Field(None, ge=1, description="PGD eval: sequences per attacked batch (default: batch_size)")
+    rare_fire_tokens: int = Field(
+        10, ge=0,
+        description="firing_counts.csv: a subcomponent fires rarely if its CI exceeds the threshold on at most this "
+        "many eval tokens",
+    )
+    train_loss_window: int = Field(
+        100, ge=1, description="vpd_losses.csv: final training loss terms are means over this many last steps",
+    )
+    generation_prompts: list[str] = Field(
+        default_factory=lambda: ["The princess lost", "She said that", "The ship", "It was a truth"],
+        description="generations showcase: greedy continuations of these prompts under the target and each mask strategy",
+    )
+    generation_tokens: int = Field(12, ge=0, description="generations showcase: new tokens per prompt (0 skips it)")
 
     @field_validator("thresholds")
     @classmethod

@@ -23,7 +23,7 @@ steps of one continuous attack.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Optional, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol
 
 import numpy as np
 import pandas as pd
@@ -149,6 +149,46 @@ def evaluate_masks(
 
 
 # ---------------------------------------------------------------- PGD evaluation
+def pgd_ascent(
+    decomp: DecompositionLike,
+    x: torch.Tensor,
+    target_logits: torch.Tensor,
+    *,
+    steps: int,
+    step_size: float = 0.1,
+    generator: Optional[torch.Generator] = None,
+    ci: Optional[Mapping[str, torch.Tensor]] = None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, Masks, Masks]]:
+    """One continuous sign-ascent attack on batch x, as (step, mean KL, model logits, masks, Δ masks)
+    after 0, 1, ..., `steps` ascent steps.
+
+    Sources r [1, .., 1, C + 1] per matrix are shared by every token of the batch; the last
+    channel is Δ's mask. Only the sources receive gradients (autograd.grad), so nothing else
+    accumulates .grad.
+    """
+    ci = decomp.ci(x) if ci is None else ci
+    ci = {n: g.detach().float() for n, g in ci.items()}
+    sources = {
+        n: torch.rand((*([1] * (g.dim() - 1)), g.shape[-1] + 1), generator=generator, device=g.device).requires_grad_(True)
+        for n, g in ci.items()
+    }
+    target_logits = target_logits.detach().float()
+    for step in range(steps + 1):
+        with torch.enable_grad():
+            masks = {n: g + (1 - g) * sources[n][..., :-1] for n, g in ci.items()}  # [b, T, C]
+            dmasks = {n: sources[n][..., -1].expand(g.shape[:-1]) for n, g in ci.items()}  # [b, T]
+            logits = decomp.masked_forward(x, masks, dmasks)
+            loss = kl_per_token(target_logits, logits).mean()
+        yield step, loss.detach(), logits.detach(), {n: m.detach() for n, m in masks.items()}, \
+            {n: m.detach() for n, m in dmasks.items()}
+        if step == steps:
+            return
+        grads = torch.autograd.grad(loss, list(sources.values()))
+        with torch.no_grad():
+            for r, grad in zip(sources.values(), grads):
+                r.add_(step_size * grad.sign()).clamp_(0.0, 1.0)
+
+
 def pgd_attack(
     decomp: DecompositionLike,
     x: torch.Tensor,
@@ -159,35 +199,10 @@ def pgd_attack(
     generator: Optional[torch.Generator] = None,
     ci: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> dict[int, float]:
-    """One continuous sign-ascent attack on batch x; mean KL after each requested step count.
-
-    Sources r [1, .., 1, C + 1] per matrix are shared by every token of the batch; the last
-    channel is Δ's mask. Only the sources receive gradients (autograd.grad), so nothing else
-    accumulates .grad.
-    """
+    """Mean KL after each requested step count of one continuous `pgd_ascent` on batch x."""
     record = sorted(set(int(s) for s in steps))
-    ci = decomp.ci(x) if ci is None else ci
-    ci = {n: g.detach().float() for n, g in ci.items()}
-    sources = {
-        n: torch.rand((*([1] * (g.dim() - 1)), g.shape[-1] + 1), generator=generator, device=g.device).requires_grad_(True)
-        for n, g in ci.items()
-    }
-    target_logits = target_logits.detach().float()
-    out: dict[int, float] = {}
-    for step in range(record[-1] + 1):
-        with torch.enable_grad():
-            masks = {n: g + (1 - g) * sources[n][..., :-1] for n, g in ci.items()}  # [b, T, C]
-            dmasks = {n: sources[n][..., -1].expand(g.shape[:-1]) for n, g in ci.items()}  # [b, T]
-            loss = kl_per_token(target_logits, decomp.masked_forward(x, masks, dmasks)).mean()
-        if step in record:
-            out[step] = loss.item()
-        if step == record[-1]:
-            break
-        grads = torch.autograd.grad(loss, list(sources.values()))
-        with torch.no_grad():
-            for r, grad in zip(sources.values(), grads):
-                r.add_(step_size * grad.sign()).clamp_(0.0, 1.0)
-    return out
+    return {step: loss.item() for step, loss, *_ in pgd_ascent(
+        decomp, x, target_logits, steps=record[-1], step_size=step_size, generator=generator, ci=ci) if step in record}
 
 
 def evaluate_pgd(

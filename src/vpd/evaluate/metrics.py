@@ -100,6 +100,29 @@ class CIAccumulator:
         """Per (layer, threshold) sums of C, l0 and alive, plus a row with layer "all"."""
         return aggregate_layers(self.matrix_table(alive_eps))
 
+    def firing_table(self, rare_tokens: int, alive_eps: float = ALIVE_EPS) -> pd.DataFrame:
+        """Dead and rarely firing subcomponents, one row per (matrix, threshold) plus matrix "all".
+
+        never_fire: CI > threshold on no eval token; rare: on 1..rare_tokens of them; dead: mean
+        CI <= alive_eps (the complement of alive); dead_fraction = dead / C.
+        """
+        mean = self.mean_ci()
+        rows = []
+        for t in self.thresholds:
+            per = []
+            for name, count in self.active[t].items():
+                per.append({
+                    "matrix": name, "C": int(count.numel()), "threshold": t, "n_tokens": self.n_tokens,
+                    "never_fire": int((count == 0).sum()), "rare": int(((count > 0) & (count <= rare_tokens)).sum()),
+                    "dead": int((mean[name] <= alive_eps).sum()),
+                })
+            total = {k: sum(r[k] for r in per) for k in ("C", "never_fire", "rare", "dead")}
+            rows += per + [{"matrix": "all", "threshold": t, "n_tokens": self.n_tokens, **total}]
+        out = pd.DataFrame(rows, columns=["matrix", "C", "threshold", "n_tokens", "never_fire", "rare", "dead"])
+        out["rare_tokens"] = rare_tokens
+        out["dead_fraction"] = out["dead"] / out["C"]
+        return out
+
 
 def aggregate_layers(matrix_table: pd.DataFrame) -> pd.DataFrame:
     """Sum a `matrix_table` by layer (and over everything, layer "all"); density = l0 / alive."""

@@ -83,6 +83,7 @@ def paper_vs_ours(
         rows += [("L0 per token (total)", L0_TOTAL, float(t["l0"]), False),
                  ("alive subcomponents", float(ALIVE), float(t["alive"]), False),
                  ("total C", float(TOTAL_C), float(t["C"]), False),
+                 ("dead subcomponents (mean CI <= eps)", 1 - ALIVE / TOTAL_C, 1 - float(t["alive"]) / float(t["C"]), True),
                  ("density (L0 / alive)", DENSITY, float(t["density"]), True)]
     for i, p in enumerate(L0_BY_LAYER):
         ours = lt[lt["layer"].astype(str) == str(i)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -112,3 +113,39 @@ def pareto_table(points: Sequence[ParetoPoint]) -> pd.DataFrame:
     if dup.any():
         raise ValueError(f"duplicate Pareto points: {df.loc[dup, ['method', 'setting']].values.tolist()}")
     return df
+
+
+def frontier(points: pd.DataFrame, x: str = "l0_per_module", y: str = "ce_increase") -> pd.DataFrame:
+    """The non-dominated points (no other point has both lower x and lower y), sorted by x."""
+    pts = points.sort_values([x, y])
+    keep, best = [], float("inf")
+    for i, v in zip(pts.index, pts[y]):
+        if v < best:
+            keep.append(i)
+            best = v
+    return pts.loc[keep]
+
+
+def interpolate_frontier(points: pd.DataFrame, at: float, x: str = "l0_per_module", y: str = "ce_increase") -> float:
+    """y of the piecewise-linear frontier of `points` at x = `at`; NaN outside its x range (no
+    extrapolation): below the sparsest point the frontier is unmeasured."""
+    f = frontier(points, x, y)
+    if f.empty or not f[x].min() <= at <= f[x].max():
+        return float("nan")
+    return float(np.interp(at, f[x].to_numpy(float), f[y].to_numpy(float)))
+
+
+def with_frontier_columns(table: pd.DataFrame, x: str = "l0_per_module") -> pd.DataFrame:
+    """Add, for each transcoder kind, `<kind>_frontier_ce_increase`: that kind's frontier CE increase
+    interpolated at each VPD row's x (NaN on transcoder rows and outside the measured range), and
+    `below_<kind>_frontier` (VPD's CE increase is lower; empty where not comparable)."""
+    out = table.copy()
+    vpd = out["method"] == "VPD"
+    for kind in ("PLT", "CLT"):
+        pts = out[out["method"] == kind]
+        col = f"{kind.lower()}_frontier_ce_increase"
+        out[col] = [interpolate_frontier(pts, v, x) if is_vpd else float("nan") for v, is_vpd in zip(out[x], vpd)]
+        out[f"below_{kind.lower()}_frontier"] = [
+            (bool(ce < f) if f == f else pd.NA) if is_vpd else pd.NA for ce, f, is_vpd in zip(out["ce_increase"], out[col], vpd)
+        ]
+    return out

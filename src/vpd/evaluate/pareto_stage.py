@@ -21,7 +21,7 @@ from vpd.baselines.splice import SpliceResult, ZeroReplacement, evaluate_splice
 from vpd.config import ProjectConfig
 from vpd.data.tokens import eval_windows
 from vpd.decomp import Decomposition
-from vpd.evaluate.pareto import pareto_table, transcoder_point, vpd_pareto_points
+from vpd.evaluate.pareto import pareto_table, transcoder_point, vpd_pareto_points, with_frontier_columns
 from vpd.plots import save_figure
 from vpd.plots.baselines import plot_pareto
 from vpd.sweeps import transcoder_jobs, variant_jobs
@@ -61,7 +61,7 @@ def run_baselines(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomp
         points += vpd_pareto_points(dec, target, windows, bcfg.vpd_thresholds, batch_size=batch_size,
                                     run=f"coeff={job.importance_minimality:g}", dtype=dtype)
 
-    table = pareto_table(points)
+    table = with_frontier_columns(pareto_table(points))
     write_csv(out_dir / "transcoders.csv", local)
     write_csv(out_dir / "pareto.csv", table)
     save_figure(plot_pareto(table, zero_ablation_ce_increase=zero.ce_increase), out_dir / "fig_pareto")

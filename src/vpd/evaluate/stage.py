@@ -2,7 +2,8 @@
 
 Reads   <target>/{model.safetensors, config.json, curve.csv}, <tokens>/val.bin, <decomposition>/
 Writes  <out>/{mask_strategies.csv, pgd_steps.csv, compute_recovered.csv, l0_by_layer.csv,
-        l0_by_matrix.csv, paper_vs_ours.md, final_config.yaml,
+        l0_by_matrix.csv, firing_counts.csv, vpd_losses.csv, generations.{csv,md},
+        paper_vs_ours.md, final_config.yaml,
         fig_compute_recovered.{png,pdf}, fig_pgd.{png,pdf}, fig_l0_by_layer.{png,pdf}}
 
 The eval windows are `TokenShard(val.bin, context).eval_windows(n)` with n the target's
@@ -19,17 +20,21 @@ import pandas as pd
 import torch
 
 from vpd.config import ProjectConfig
+from vpd.data.tokenizer import load_tokenizer
 from vpd.data.tokens import eval_windows
+from vpd.evaluate.generations import generations_markdown, generations_table, showcase_models
+from vpd.evaluate.loss_tables import loss_table
 from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.mask_strategies import evaluate_masks, evaluate_pgd, standard_strategies, summarise_pgd
 from vpd.evaluate.paper import paper_vs_ours
-from vpd.utils.io import write_csv, write_text, write_yaml
+from vpd.utils.io import MetricsLog, write_csv, write_text, write_yaml
 from vpd.utils.provenance import upstream_digests
 from vpd.target.model import load_target
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
 OUTPUT_TABLES = (
     "mask_strategies.csv", "pgd_steps.csv", "compute_recovered.csv", "l0_by_layer.csv", "l0_by_matrix.csv",
+    "firing_counts.csv", "vpd_losses.csv", "generations.csv",
 )
 FIGURES = ("fig_compute_recovered", "fig_pgd", "fig_l0_by_layer")
 
@@ -74,12 +79,24 @@ def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decompo
 
     matrix_table = acc.matrix_table(ecfg.alive_eps)
     layer_table = acc.layer_table(ecfg.alive_eps)
+    firing = acc.firing_table(ecfg.rare_fire_tokens, ecfg.alive_eps)
+    losses = loss_table(MetricsLog(decomposition_dir / "metrics.jsonl").read(), ecfg.train_loss_window, table, pgd)
+
+    tok = load_tokenizer(tokens_dir / "tokenizer.json")
+    models = showcase_models(dec, target, strategies, pgd_steps=min(ecfg.pgd_steps), pgd_step_size=ecfg.pgd_step_size,
+                             seed=cfg.seed, dtype=dtype)
+    generations = generations_table(models, ecfg.generation_prompts, lambda s: tok.encode(s).ids, tok.decode,
+                                    n_new=ecfg.generation_tokens, context=target.cfg.context)
 
     write_csv(out_dir / "mask_strategies.csv", table)
     write_csv(out_dir / "pgd_steps.csv", pgd)
     write_csv(out_dir / "compute_recovered.csv", recovered)
     write_csv(out_dir / "l0_by_layer.csv", layer_table)
     write_csv(out_dir / "l0_by_matrix.csv", matrix_table)
+    write_csv(out_dir / "firing_counts.csv", firing)
+    write_csv(out_dir / "vpd_losses.csv", losses)
+    write_csv(out_dir / "generations.csv", generations)
+    write_text(out_dir / "generations.md", generations_markdown(generations))
     header = (
         f"# Evaluation: paper vs this run ({cfg.name})\n\n"
         f"{len(windows)} held-out windows x {windows.shape[1] - 1} tokens; L0 and alive at CI > "

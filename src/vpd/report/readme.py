@@ -50,6 +50,12 @@ SECTIONS: list[Section] = [
              "unmasked 2.72 / 82.4%; stochastic 2.84 / 26.9%; CI>0 2.94 / 11.8%; CI>0.1 2.95 / 11.3%; CI-as-mask 2.99 / 9.4%; CI>0.5 3.02 / 8.0%"),
         Item("compute recovered", "evaluation/compute_recovered.csv"),
         Item("tab:vpd-pgd-ce", "evaluation/pgd_steps.csv", "20: 0.83, 40: 1.35, 80: 3.84, 160: 25.3, 320: 40.2; zero ablation 67.2"),
+        Item("tab:vpd-train-losses", "evaluation/vpd_losses.csv",
+             "stochastic KL 0.238, PGD-20 KL 0.927, training PPGD KL 0.573, Δ-L2 2.4e-6"),
+        Item("dead and rarely firing subcomponents", "evaluation/firing_counts.csv", "74.4% dead (1 - 9,972 / 38,912)"),
+        Item("fig:generations-showcase", "evaluation/generations.md"),
+        Item("seeds: headline numbers", "seeds/headline.csv"),
+        Item("tab:seed-mmcs", "seeds/seed_mmcs.csv", "VPD U 0.48, V 0.52; PLT local-MSE 0.81; CLT 0.61; at init ~0.13"),
         Item("tab:num-components-per-layer", "evaluation/l0_by_layer.csv", "L0 total 205.0 (44.6/18.9/49.5/92.0); alive 9,972 / 38,912"),
         Item("fig compute recovered", "evaluation/fig_compute_recovered.png"),
         Item("fig PGD", "evaluation/fig_pgd.png"),
@@ -182,7 +188,11 @@ def render(cfg, results_dir: Path, paper_dir: Path) -> str:
     import os
 
     results_dir, paper_dir = Path(results_dir), Path(paper_dir)
+    from vpd.utils.provenance import config_digest, source_commit
+
     lines = [f"# Paper outputs of run `{cfg.name}`", "",
+             f"Code: commit `{source_commit()}`; config `{cfg.name}`, sha256 of its resolved values "
+             f"`{config_digest(cfg.model_dump(mode='json'))}`.", "",
              "Every output of this run by paper section, with the paper's number beside ours. The paper's target is "
              "a 67M-parameter model on the Pile; this run's scale is set by its config, so compare directions and "
              "sizes of effects rather than absolute values. Executed notebooks: `../notebooks/`. Each output with a "

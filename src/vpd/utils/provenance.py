@@ -75,3 +75,27 @@ def upstream_digests(**folders: str | Path) -> dict[str, str]:
     """sha256 of every upstream file that exists, keyed "<folder kind>/<file>", for a stage's
     final_config.yaml: e.g. upstream_digests(target=..., decomposition=...)."""
     return {key: digest for kind, folder in folders.items() for key, digest in labelled_digests(kind, kind, folder).items()}
+
+
+def source_commit(repo: str | Path | None = None) -> str:
+    """The git commit of the code that runs (the checkout holding this package), with "+dirty" when
+    tracked files differ from it; "unknown" outside a git checkout or without git."""
+    import subprocess
+
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """sha256 of a config mapping's canonical JSON (sorted keys), as 16 hex digits."""
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

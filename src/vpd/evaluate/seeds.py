@@ -1,0 +1,121 @@
+"""The seeds comparison: spread of the headline numbers over decomposition seeds, and how similar
+the subcomponents of different seeds are (the paper's tab:seed-mmcs).
+
+Headline quantities are read from each seed's evaluation folder (the evaluate stage's tables).
+MMCS (mean max cosine similarity) of run a against run b: for every alive subcomponent c of a,
+the largest |cos| between its vector (U_c or V_c) and the vectors of b's alive subcomponents of
+the same matrix, averaged over c (|cos| because U_c V_c^T = (-U_c)(-V_c)^T). The reference row
+compares two random initialisations of the same shapes (the paper: about 0.13 at init).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vpd.evaluate.paper import ALIVE, L0_TOTAL, MASK_STRATEGIES, PGD_KL, TOTAL_C
+
+HEADLINE_COLUMNS = ["quantity", "mean", "std", "min", "max", "n", "paper"]
+MMCS_PAPER = {"U": 0.48, "V": 0.52}
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # matrix -> (V [d_in, C], U [C, d_out])
+
+
+def evaluation_quantities(folder: Path, threshold: float = 0.0) -> dict[str, tuple[float, float]]:
+    """quantity -> (value, paper value or NaN) of one evaluation folder."""
+    folder = Path(folder)
+    nan = float("nan")
+    layers = pd.read_csv(folder / "l0_by_layer.csv")
+    total = layers[(layers["layer"].astype(str) == "all") & (layers["threshold"] == threshold)].iloc[0]
+    firing = pd.read_csv(folder / "firing_counts.csv")
+    fire = firing[(firing["matrix"] == "all") & (firing["threshold"] == threshold)].iloc[0]
+    out = {
+        f"L0 (CI > {threshold:g})": (float(total["l0"]), L0_TOTAL),
+        "alive": (float(total["alive"]), float(ALIVE)),
+        "dead fraction": (float(fire["dead_fraction"]), 1 - ALIVE / TOTAL_C),
+        f"never fire (CI > {threshold:g})": (float(fire["never_fire"]), nan),
+    }
+    strategies = pd.read_csv(folder / "mask_strategies.csv")
+    recovered = pd.read_csv(folder / "compute_recovered.csv").set_index("name")
+    for r in strategies.itertuples(index=False):
+        paper = MASK_STRATEGIES.get(r.strategy)
+        out[f"{r.strategy}: CE"] = (float(r.ce), paper[1] if paper else nan)
+        if r.strategy != "target":
+            out[f"{r.strategy}: KL"] = (float(r.kl), nan)
+        if r.strategy in recovered.index:
+            rec = recovered.loc[r.strategy]
+            out[f"{r.strategy}: compute recovered"] = (float(rec["fraction"]) if rec["status"] == "ok" else nan,
+                                                       paper[2] if paper else nan)
+    pgd = pd.read_csv(folder / "pgd_steps.csv", dtype={"steps": str})
+    for r in pgd.itertuples(index=False):
+        label = "zero ablation KL" if r.steps == "zero_ablation" else f"PGD-{r.steps} KL"
+        out[label] = (float(r.kl_mean), PGD_KL.get(r.steps, nan))
+    return out
+
+
+def headline_table(folders: Mapping[int, Path], threshold: float = 0.0) -> pd.DataFrame:
+    """One row per quantity over the seeds' evaluation folders: mean, sample std, min, max, n, paper."""
+    per_seed = {seed: evaluation_quantities(f, threshold) for seed, f in folders.items()}
+    quantities = list(dict.fromkeys(q for values in per_seed.values() for q in values))
+    rows = []
+    for q in quantities:
+        v = np.array([per_seed[s][q][0] for s in per_seed if q in per_seed[s]], dtype=float)
+        v = v[~np.isnan(v)]
+        paper = next(per_seed[s][q][1] for s in per_seed if q in per_seed[s])
+        rows.append({"quantity": q, "mean": v.mean() if len(v) else np.nan,
+                     "std": v.std(ddof=1) if len(v) > 1 else np.nan, "min": v.min() if len(v) else np.nan,
+                     "max": v.max() if len(v) else np.nan, "n": len(v), "paper": paper})
+    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+
+
+def mmcs(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over the rows of a [n, d] of the largest |cos| with a row of b [m, d]; NaN if either is empty."""
+    if len(a) == 0 or len(b) == 0:
+        return float("nan")
+    a = torch.nn.functional.normalize(a.double(), dim=-1)
+    b = torch.nn.functional.normalize(b.double(), dim=-1)
+    return float((a @ b.T).abs().max(dim=1).values.mean())
+
+
+def factors_mmcs(a: Factors, b: Factors, alive_a: Mapping[str, torch.Tensor], alive_b: Mapping[str, torch.Tensor]) -> dict:
+    """MMCS of run a against run b for U and for V over the matrices both decompose, weighted by a's
+    alive subcomponents per matrix: {"U": x, "V": y, "n": alive subcomponents of a compared}."""
+    sums, n = {"U": 0.0, "V": 0.0}, 0
+    for name in a.keys() & b.keys():
+        ka, kb = alive_a[name], alive_b[name]  # [C] bool
+        (Va, Ua), (Vb, Ub) = a[name], b[name]
+        count = int(ka.sum())
+        if count == 0 or int(kb.sum()) == 0:
+            continue
+        sums["U"] += count * mmcs(Ua[ka], Ub[kb])
+        sums["V"] += count * mmcs(Va.T[ka], Vb.T[kb])
+        n += count
+    return {k: v / n if n else float("nan") for k, v in sums.items()} | {"n": n}
+
+
+def random_factors(like: Factors, seed: int) -> Factors:
+    """Gaussian factors of the same shapes (the initialisation's distribution up to scale, which |cos| ignores)."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.randn(V.shape, generator=g), torch.randn(U.shape, generator=g)) for n, (V, U) in like.items()}
+
+
+def seed_mmcs_table(runs: Mapping[int, Factors], alive: Mapping[int, Mapping[str, torch.Tensor]]) -> pd.DataFrame:
+    """Rows (run_a, run_b, U, V, n_alive, paper_U, paper_V) for every ordered pair of seeds, plus a
+    "random init" row comparing two random draws of the first seed's shapes on its alive set."""
+    seeds = list(runs)
+    rows = []
+    for a in seeds:
+        for b in seeds:
+            if a != b:
+                m = factors_mmcs(runs[a], runs[b], alive[a], alive[b])
+                rows.append({"run_a": f"seed {a}", "run_b": f"seed {b}", "U": m["U"], "V": m["V"], "n_alive": m["n"],
+                             "paper_U": MMCS_PAPER["U"], "paper_V": MMCS_PAPER["V"]})
+    first = seeds[0]
+    m = factors_mmcs(random_factors(runs[first], 1), random_factors(runs[first], 2), alive[first], alive[first])
+    rows.append({"run_a": "random init", "run_b": "random init", "U": m["U"], "V": m["V"], "n_alive": m["n"],
+                 "paper_U": 0.13, "paper_V": 0.13})
+    return pd.DataFrame(rows, columns=["run_a", "run_b", "U", "V", "n_alive", "paper_U", "paper_V"])

@@ -1,0 +1,83 @@
+"""The `seeds` stage: the headline numbers over decomposition seeds, and seed MMCS.
+
+Reads   <target>/, <tokens>/val.bin, <decomposition>/ and <evaluation>/ (the main run, seed `seed`),
+        <variants>/seed_<s>/ and <variants>/seed_<s>/evaluation/ for every other entry of `seeds`
+Writes  <out>/{headline.csv, seed_mmcs.csv, final_config.yaml}
+
+Alive sets for MMCS: mean CI > evaluate.alive_eps on the evaluation's held-out windows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from vpd.config import ProjectConfig
+from vpd.data.tokens import eval_windows
+from vpd.decomp import Decomposition
+from vpd.evaluate.mask_strategies import iter_batches
+from vpd.evaluate.metrics import CIAccumulator
+from vpd.evaluate.seeds import Factors, headline_table, seed_mmcs_table
+from vpd.sweeps import seed_runs
+from vpd.target.model import load_target
+from vpd.utils.errors import InputError
+from vpd.utils.io import write_csv, write_yaml
+from vpd.utils.provenance import labelled_digests, upstream_digests
+from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
+
+
+def read_factors(folder: Path) -> Factors:
+    """matrix -> (V [d_in, C], U [C, d_out]) from a decomposition's components.safetensors."""
+    tensors = load_file(str(Path(folder) / "components.safetensors"))
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    return {n: (tensors[f"{n}.V"], tensors[f"{n}.U"]) for n in names}
+
+
+@torch.no_grad()
+def alive_masks(dec, windows: torch.Tensor, batch_size: int, eps: float, device) -> dict[str, torch.Tensor]:
+    acc = CIAccumulator(())
+    for x, _ in iter_batches(windows, batch_size, device):
+        acc.update(dec.ci(x))
+    return {n: m > eps for n, m in acc.mean_ci().items()}
+
+
+def run_seeds(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, evaluation_dir: Path,
+              variants_dir: Path, out_dir: Path) -> None:
+    runs = seed_runs(cfg)
+    if not runs:
+        raise InputError("the seeds stage needs `seeds` in the config (at least two distinct seeds)")
+    folders = {s: Path(decomposition_dir) if name is None else Path(variants_dir) / name for s, name in runs.items()}
+    evals = {s: Path(evaluation_dir) if runs[s] is None else folders[s] / "evaluation" for s in runs}
+    for s, f in evals.items():
+        if not (f / "firing_counts.csv").exists():
+            raise InputError(f"seed {s}: evaluation {f} is missing (run its evaluate job first)")
+    out_dir = start_stage(cfg.seed, out_dir)
+    device = default_device()
+    dtype = resolve_precision(cfg.precision, device)
+    t0 = time.perf_counter()
+
+    headline = headline_table(evals, threshold=min(cfg.evaluate.thresholds))
+    target, _ = load_target(target_dir, device, expect=cfg.target.model)
+    windows = eval_windows(cfg, tokens_dir, target.cfg.context)
+    factors, alive = {}, {}
+    for s, folder in folders.items():
+        dec = Decomposition.load(folder, target, dtype=dtype, device=device)
+        alive[s] = {n: m.cpu() for n, m in alive_masks(dec, windows, cfg.evaluate.batch_size, cfg.evaluate.alive_eps,
+                                                         device).items()}
+        factors[s] = read_factors(folder)
+        log.info("seed %d: %d alive subcomponents", s, sum(int(m.sum()) for m in alive[s].values()))
+    mmcs = seed_mmcs_table(factors, alive)
+
+    write_csv(out_dir / "headline.csv", headline)
+    write_csv(out_dir / "seed_mmcs.csv", mmcs)
+    inputs = upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir)
+    for name in filter(None, runs.values()):
+        inputs.update(labelled_digests(f"variants/{name}", "decomposition", Path(variants_dir) / name))
+    write_yaml(out_dir / "final_config.yaml", {
+        **cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch."), "inputs": inputs,
+        "seconds": round(time.perf_counter() - t0, 1),
+    })
+    log.info("seeds comparison over %s done, outputs in %s", sorted(runs), out_dir)
