@@ -170,7 +170,8 @@ def test_dry_runs_write_nothing_under_results(tmp_path):
 def test_the_config_and_the_snakefile_imports_load_without_torch():
     """The DAG builds in a Python with pydantic and snakemake only: what the Snakefile imports
     (the config models and the YAML writer) must not pull torch in."""
-    code = "import sys, vpd.config, vpd.utils.io; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, vpd.config, vpd.sweeps, vpd.analysis.graph_config, vpd.utils.io; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert res.returncode == 0, res.stderr[-2000:]

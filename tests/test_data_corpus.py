@@ -39,7 +39,7 @@ from vpd.data.sources import (
     strip_gutenberg,
     strip_list_footer,
 )
-from vpd.data.stage import run_corpus
+from vpd.stages.data import run_corpus
 from vpd.utils.io import read_json, read_yaml, sha256_file
 from project import ci_project
 

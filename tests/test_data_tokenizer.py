@@ -10,7 +10,7 @@ import pytest
 
 from vpd.config import TokenizerConfig, parse_config
 from vpd.data.corpus import Document, write_jsonl
-from vpd.data.stage import run_tokenizer
+from vpd.stages.data import run_tokenizer
 from vpd.data.tokenizer import (
     TokenizerError,
     build_tokenizer,

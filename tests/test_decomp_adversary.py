@@ -6,7 +6,7 @@ import torch
 from vpd.config import TargetModelConfig
 from vpd.decomp import Decomposition, DecompositionConfig
 from vpd.decomp.adversary import PersistentAdversary, pgd_attack
-from vpd.decomp.losses import kl_output_loss
+from vpd.utils.divergence import KLTarget
 from vpd.decomp.masks import stochastic_masks_flat
 from vpd.decomp.trainer import Trainer
 from vpd.target.model import TargetLM
@@ -36,7 +36,7 @@ def setup():
 
 
 def _loss_fn(dec, ids, clean):
-    return lambda m, d: kl_output_loss(dec.masked_forward_flat(ids, m, d, detach_components=True), clean)
+    return lambda m, d: KLTarget(clean)(dec.masked_forward_flat(ids, m, d, detach_components=True))
 
 
 def _flat_ci(dec, ids):

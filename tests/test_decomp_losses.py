@@ -12,7 +12,6 @@ from vpd.decomp.losses import (
     cosine_lr,
     faithfulness_loss,
     importance_minimality_loss,
-    kl_output_loss,
     mse_output_loss,
     warmup_lr,
 )
@@ -75,16 +74,6 @@ def test_p_anneal_and_loss_at_annealed_p():
     exp = (0.5 + 0.25 * L2_3) + (s1 / 4 + 0.5 * (s1 / 4) * math.log2(1 + s1))
     got = importance_minimality_loss({"b": G_B}, p=p_mid, beta=0.5, eps=0.0)
     assert got.item() == pytest.approx(exp, rel=1e-6)
-
-
-def test_kl_hand_computed():
-    target = torch.zeros(2, 2, 2)  # p = [1/2, 1/2] everywhere
-    pred = torch.zeros(2, 2, 2)
-    pred[0, 0, 1] = math.log(3.0)  # q = [1/4, 3/4] at two of the four positions
-    pred[1, 1, 1] = math.log(3.0)
-    # KL = 1/2 ln 2 + 1/2 ln(2/3) = 1/2 ln(4/3) at those positions, 0 elsewhere; mean over 4
-    assert kl_output_loss(pred, target).item() == pytest.approx(0.25 * math.log(4 / 3), rel=1e-6)
-    assert kl_output_loss(target, target).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_mse_and_schedules():

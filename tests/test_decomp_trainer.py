@@ -129,7 +129,7 @@ def test_stage_writes_all_outputs(tmp_path):
     import yaml
 
     from vpd.config import parse_config
-    from vpd.decomp.stage import run_decompose
+    from vpd.stages.decompose import run_decompose
 
     d = yaml.safe_load(open("config/ci.yaml"))
     d["decompose"].update(steps=4, faithfulness_warmup_steps=3, eval_every=2, checkpoint_every=2, log_every=1)
@@ -171,7 +171,7 @@ def _stage_inputs(tmp_path):
 
 
 def test_stage_refuses_missing_validation_shard(tmp_path):
-    from vpd.decomp.stage import run_decompose
+    from vpd.stages.decompose import run_decompose
 
     _, pc = _stage_inputs(tmp_path)
     (tmp_path / "tok" / "val.bin").unlink()
@@ -182,7 +182,7 @@ def test_stage_refuses_missing_validation_shard(tmp_path):
 
 def test_stage_refuses_a_target_folder_that_disagrees_with_the_config(tmp_path):
     from vpd.config import parse_config
-    from vpd.decomp.stage import run_decompose
+    from vpd.stages.decompose import run_decompose
     from vpd.utils.errors import InputError
 
     d, pc = _stage_inputs(tmp_path)

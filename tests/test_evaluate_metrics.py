@@ -1,13 +1,12 @@
-"""Hand-computed L0, alive, density, KL and CE."""
+"""Hand-computed L0, alive and density."""
 
-import math
 
 import pytest
 import torch
 
 from vpd.evaluate.metrics import (
-    CIAccumulator, aggregate_layers, alive_per_matrix, ce_per_token, density, kl_per_token, l0_per_layer,
-    l0_per_matrix, l0_total, mean_kl, split_name,
+    CIAccumulator, aggregate_layers, alive_per_matrix, density, l0_per_layer, l0_per_matrix, l0_total,
+    split_name,
 )
 
 
@@ -55,13 +54,3 @@ def test_accumulator_over_batches_equals_one_pass():
     total = lt[(lt["layer"] == "all") & (lt["threshold"] == 0.0)].iloc[0]
     assert total["l0"] == pytest.approx(l0_total(ci)) and total["C"] == 10
     assert total["density"] == pytest.approx(total["l0"] / total["alive"])
-
-
-def test_kl_and_ce():
-    logits = torch.tensor([[0.0, 1.0, 2.0]])
-    assert kl_per_token(logits, logits).item() == 0.0
-    # KL(p || uniform) = log V - H(p)
-    p = torch.softmax(logits, -1)
-    expected = math.log(3) + (p * p.log()).sum().item()
-    assert mean_kl(logits, torch.zeros(1, 3)) == pytest.approx(expected, rel=1e-6)
-    assert ce_per_token(torch.zeros(2, 4), torch.tensor([1, 3])).tolist() == pytest.approx([math.log(4)] * 2)

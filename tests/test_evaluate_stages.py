@@ -74,7 +74,7 @@ def setup(tmp_path_factory):
 
 
 def test_evaluate_writes_every_table_with_one_row_per_strategy_and_is_deterministic(setup):
-    from vpd.evaluate.stage import OUTPUT_TABLES, run_evaluate
+    from vpd.stages.evaluate import OUTPUT_TABLES, run_evaluate
 
     cfg, root = setup
     outs = [root / "eval_a", root / "eval_b"]
@@ -108,8 +108,8 @@ def test_evaluate_writes_every_table_with_one_row_per_strategy_and_is_determinis
 
 def _sweep_jobs(cfg, root):
     """What the workflow's `transcoder` and `decompose_variant` jobs write, for every job of the sweeps."""
-    from vpd.baselines.stage import run_transcoder
-    from vpd.decomp.stage import run_decompose
+    from vpd.stages.transcoder import run_transcoder
+    from vpd.stages.decompose import run_decompose
     from vpd.sweeps import transcoder_jobs, variant_jobs
 
     for job in transcoder_jobs(cfg):
@@ -123,7 +123,7 @@ def _sweep_jobs(cfg, root):
 def test_a_transcoder_job_is_the_same_whichever_job_ran_before_it(setup):
     """Each transcoder starts from its own seeded init and the shared data order: rerunning one job
     alone, after others, gives bit-identical weights and scores."""
-    from vpd.baselines.stage import run_transcoder
+    from vpd.stages.transcoder import run_transcoder
 
     cfg, root = setup
     _sweep_jobs(cfg, root)
@@ -139,7 +139,7 @@ def test_a_transcoder_job_is_the_same_whichever_job_ran_before_it(setup):
 
 
 def test_a_transcoder_name_outside_the_sweep_fails_before_any_compute(setup, tmp_path):
-    from vpd.baselines.stage import run_transcoder
+    from vpd.stages.transcoder import run_transcoder
     from vpd.config import ConfigError
 
     cfg, root = setup
@@ -164,7 +164,7 @@ def test_a_variant_is_the_decompose_stage_with_the_variants_change(setup):
 
 
 def test_baselines_write_transcoders_and_one_pareto_row_per_method_and_setting(setup):
-    from vpd.evaluate.pareto_stage import run_baselines
+    from vpd.stages.baselines import run_baselines
 
     cfg, root = setup
     _sweep_jobs(cfg, root)
@@ -192,7 +192,7 @@ def test_baselines_write_transcoders_and_one_pareto_row_per_method_and_setting(s
 
 
 def test_feature_splitting_counts_alive_units_and_matches_every_run_pair(setup):
-    from vpd.evaluate.splitting import run_feature_splitting
+    from vpd.stages.feature_splitting import run_feature_splitting
 
     cfg, root = setup
     _sweep_jobs(cfg, root)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ import torch
 from vpd.config import load_config
 from vpd.decomp.ci_functions import build_ci_function
 from vpd.decomp.components import match_matrices
+from vpd.decomp.memory import estimate_decomposition_bytes
+from vpd.target.memory import estimate_target_training_bytes
 from vpd.target.model import TargetLM
 from vpd.utils import memory
 from vpd.utils.memory import (
@@ -22,8 +23,6 @@ from vpd.utils.memory import (
     MemoryEstimateError,
     available_memory_bytes,
     check_memory,
-    estimate_decomposition_bytes,
-    estimate_target_training_bytes,
 )
 from project import write_tokenizer_files
 
@@ -245,19 +244,17 @@ def tiny_memory(monkeypatch):
 
 
 def test_decompose_stage_refuses_before_compute(ci_cfg, tmp_path, tiny_memory, monkeypatch):
-    from vpd.decomp import stage
+    from vpd.stages import decompose as stage
 
     TargetLM(ci_cfg.target.model).save_pretrained(tmp_path / "target")
     monkeypatch.setattr(stage, "decompose", lambda *a, **k: pytest.fail("decompose() ran"))
-    t0 = time.perf_counter()
     with pytest.raises(MemoryEstimateError, match="decompose.batch_size"):
         stage.run_decompose(ci_cfg, tmp_path / "target", tmp_path / "no_tokens", tmp_path / "out")
-    assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
 def test_train_target_stage_refuses_before_compute(ci_cfg, tmp_path, tiny_memory, monkeypatch):
-    from vpd.target import stage
+    from vpd.stages import target as stage
 
     tokens = tmp_path / "tokens"
     tokens.mkdir()
@@ -266,8 +263,6 @@ def test_train_target_stage_refuses_before_compute(ci_cfg, tmp_path, tiny_memory
     write_tokenizer_files(tokens, 300)  # the input check parses tokenizer.json
     (tokens / "meta.json").write_text(json.dumps({"vocab_size": ci_cfg.target.model.vocab_size}))
     monkeypatch.setattr(stage, "train_target", lambda *a, **k: pytest.fail("train_target() ran"))
-    t0 = time.perf_counter()
     with pytest.raises(MemoryEstimateError, match="target.train.batch_size"):
         stage.run_train_target(ci_cfg, tokens, tmp_path / "out")
-    assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from vpd.utils.errors import InputError
 from vpd.utils.provenance import ProvenanceError, differences, flatten, module_digest, tensors_digest
 from test_decomp_trainer import _one_thread, batches, cfg, tiny_target  # noqa: F401 (autouse fixture)
 from test_target_train import make_config, tokens_dir, weights  # noqa: F401 (fixture)
-from vpd.target.stage import run_train_target
+from vpd.stages.target import run_train_target
 
 
 # ---------------------------------------------------------------- digests

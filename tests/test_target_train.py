@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from vpd.config import TargetTrainConfig, load_config, parse_config
 from vpd.target import train as train_mod
 from vpd.target.model import TargetLM
-from vpd.target.stage import run_train_target
+from vpd.stages.target import run_train_target
 from vpd.target.train import build_optimizer, curve_steps, lm_loss, lr_at
 from vpd.utils import checkpoint as ckpt
 from project import write_tokenizer_files

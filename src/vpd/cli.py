@@ -20,82 +20,82 @@ from vpd.utils.runtime import configure_threads, log, setup_logging
 
 
 def _stage_corpus(cfg, args):
-    from vpd.data.stage import run_corpus
+    from vpd.stages.data import run_corpus
 
     run_corpus(cfg, Path(args.out))
 
 
 def _stage_tokenizer(cfg, args):
-    from vpd.data.stage import run_tokenizer
+    from vpd.stages.data import run_tokenizer
 
     run_tokenizer(cfg, Path(args.corpus), Path(args.out))
 
 
 def _stage_train_target(cfg, args):
-    from vpd.target.stage import run_train_target
+    from vpd.stages.target import run_train_target
 
     run_train_target(cfg, Path(args.tokens), Path(args.out))
 
 
 def _stage_decompose(cfg, args):
-    from vpd.decomp.stage import run_decompose
+    from vpd.stages.decompose import run_decompose
 
     run_decompose(cfg, Path(args.target), Path(args.tokens), Path(args.out), variant=args.variant)
 
 
 def _stage_evaluate(cfg, args):
-    from vpd.evaluate.stage import run_evaluate
+    from vpd.stages.evaluate import run_evaluate
 
     run_evaluate(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
 
 
 def _stage_transcoder(cfg, args):
-    from vpd.baselines.stage import run_transcoder
+    from vpd.stages.transcoder import run_transcoder
 
     run_transcoder(cfg, Path(args.target), Path(args.tokens), args.name, Path(args.out))
 
 
 def _stage_baselines(cfg, args):
-    from vpd.evaluate.pareto_stage import run_baselines
+    from vpd.stages.baselines import run_baselines
 
     run_baselines(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.transcoders),
                   Path(args.variants), Path(args.out))
 
 
 def _stage_feature_splitting(cfg, args):
-    from vpd.evaluate.splitting import run_feature_splitting
+    from vpd.stages.feature_splitting import run_feature_splitting
 
     run_feature_splitting(cfg, Path(args.target), Path(args.tokens), Path(args.transcoders), Path(args.variants),
                           Path(args.out))
 
 
 def _stage_seeds(cfg, args):
-    from vpd.evaluate.seeds_stage import run_seeds
+    from vpd.stages.seeds import run_seeds
 
     run_seeds(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.evaluation),
               Path(args.variants), Path(args.out))
 
 
 def _stage_harvest(cfg, args):
-    from vpd.analysis.harvest import run_harvest
+    from vpd.stages.harvest import run_harvest
 
     run_harvest(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
 
 
 def _stage_edit(cfg, args):
-    from vpd.analysis.edit import run_edit
+    from vpd.stages.edit import run_edit
 
     run_edit(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.out))
 
 
 def _stage_attribution(cfg, args):
-    from vpd.analysis.attribution import run_attribution
+    from vpd.stages.attribution import run_attribution
 
     run_attribution(cfg, Path(args.target), Path(args.decomposition), Path(args.out))
 
 
 def _stage_attention(cfg, args):
-    from vpd.analysis.attention import run_attention
+    from vpd.stages.attention import run_attention
 
     run_attention(cfg, Path(args.target), Path(args.decomposition), Path(args.tokens), Path(args.out))
 

@@ -113,3 +113,27 @@ def variant_sections(wildcards):
     fs = config["feature_splitting"]
     return {"variant": job.as_dict(),
             **{k: fs[k] for k in ("matrices", "steps", "faithfulness_warmup_steps", "batch_size", "seq_len")}}
+
+
+# The evaluate stage's files (rules evaluate and evaluate_seed).
+EVALUATION_FILES = {
+    "strategies": "mask_strategies.csv",
+    "pgd": "pgd_steps.csv",
+    "recovered": "compute_recovered.csv",
+    "l0_layer": "l0_by_layer.csv",
+    "l0_matrix": "l0_by_matrix.csv",
+    "firing": "firing_counts.csv",
+    "losses": "vpd_losses.csv",
+    "generations": "generations.csv",
+    "generations_md": "generations.md",
+    "paper": "paper_vs_ours.md",
+    "config": "final_config.yaml",
+    "fig_recovered": "fig_compute_recovered.png",
+    "fig_pgd": "fig_pgd.png",
+    "fig_l0": "fig_l0_by_layer.png",
+}
+
+
+def evaluation_outputs(folder):
+    """The evaluate stage's declared files in `folder`, keyed for named outputs."""
+    return {key: f"{folder}/{name}" for key, name in EVALUATION_FILES.items()}

@@ -3,28 +3,6 @@
 # against the target's curve.csv, the final loss terms and the generations showcase. With `seeds`,
 # each seed variant is evaluated the same way and the `seeds` rule compares them.
 
-EVALUATION_FILES = {
-    "strategies": "mask_strategies.csv",
-    "pgd": "pgd_steps.csv",
-    "recovered": "compute_recovered.csv",
-    "l0_layer": "l0_by_layer.csv",
-    "l0_matrix": "l0_by_matrix.csv",
-    "firing": "firing_counts.csv",
-    "losses": "vpd_losses.csv",
-    "generations": "generations.csv",
-    "generations_md": "generations.md",
-    "paper": "paper_vs_ours.md",
-    "config": "final_config.yaml",
-    "fig_recovered": "fig_compute_recovered.png",
-    "fig_pgd": "fig_pgd.png",
-    "fig_l0": "fig_l0_by_layer.png",
-}
-
-
-def evaluation_outputs(folder):
-    return {key: f"{folder}/{name}" for key, name in EVALUATION_FILES.items()}
-
-
 EVALUATE_SHELL = (
     "python -m vpd evaluate --config {input.resolved_config} --threads {threads} --target {params.target} "
     "--tokens {params.tokens} --decomposition {params.decomposition} --out {params.out} 2>&1 | tee {log}"

@@ -37,8 +37,10 @@ import torch
 from tqdm import tqdm
 
 from vpd.analysis.config import HarvestConfig
-from vpd.utils.io import atomic_path, read_json, write_json, write_yaml
-from vpd.utils.provenance import upstream_digests
+from vpd.decomp.api import load_decomposition as load
+from vpd.utils.io import atomic_path, read_json, write_json
+from vpd.utils.runtime import default_device, resolve_precision
+
 
 log = logging.getLogger("vpd")
 
@@ -57,7 +59,6 @@ class Reservoir:
     with the k smallest keys seen so far. Payloads are built only for new events that survive, by
     `payload_fn(indices into the offered batch) -> {name: array [n, ...]}`.
     """
-
     def __init__(self, k: int, rng: np.random.Generator):
         if k < 1:
             raise ValueError(f"reservoir size must be >= 1, got {k}")
@@ -108,7 +109,6 @@ class TokenCounter:
     The joint counts n(c, v) are kept sparse (only pairs that occurred), so the memory grows with
     the number of distinct (subcomponent, token) pairs seen, not with C x vocabulary.
     """
-
     CONSOLIDATE_AT = 1 << 21  # pending sparse entries before they are merged
 
     def __init__(self, C: int, vocab_size: int):
@@ -338,41 +338,6 @@ def resolve_seq_len(cfg_seq_len: Optional[int], project_cfg, context: int) -> in
 
 def load_decomposition(project_cfg, target_dir: Path, decomposition_dir: Path):
     """(target, decomposition) on the default device in the configured precision."""
-    from vpd.decomp.api import load_decomposition as load
-    from vpd.utils.runtime import default_device, resolve_precision
-
     device = default_device()
     return load(target_dir, decomposition_dir, dtype=resolve_precision(project_cfg.precision, device), device=device,
                 expect=project_cfg.target.model)
-
-
-def run_harvest(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, out_dir: Path) -> HarvestResult:
-    """The `harvest` stage (see the module docstring)."""
-    from vpd.analysis.browser import render_browser
-    from vpd.data.tokenizer import load_tokenizer
-    from vpd.data.tokens import TokenShard
-    from vpd.utils.runtime import start_stage
-
-    out_dir = start_stage(cfg.seed, out_dir)
-    hcfg = cfg.harvest
-    target, dec = load_decomposition(cfg, Path(target_dir), Path(decomposition_dir))
-    seq_len = resolve_seq_len(hcfg.seq_len, cfg, target.cfg.context)
-    val = TokenShard(Path(tokens_dir) / "val.bin", seq_len)
-    windows = val.eval_windows(hcfg.n_windows)  # [N, seq_len + 1]
-    if len(windows) < hcfg.n_windows:
-        log.warning("harvest: val.bin holds only %d windows of %d tokens (asked for %d)", len(windows), seq_len, hcfg.n_windows)
-    tok = load_tokenizer(Path(tokens_dir) / "tokenizer.json")
-    vocab = token_texts(tok, target.cfg.vocab_size)
-    log.info("harvest: %d windows x %d tokens, %d subcomponents", len(windows), seq_len, dec.total_C)
-    result = harvest(dec, windows, hcfg, seed=cfg.seed, vocab_size=target.cfg.vocab_size, progress=True)
-    result.meta["source"] = str(Path(tokens_dir) / "val.bin")
-    result.save(out_dir, vocab)
-    render_browser(result, vocab, out_dir / "browser")
-    write_yaml(out_dir / "final_config.yaml", {
-        **cfg.model_dump(mode="json"),
-        "inputs": upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir),
-    })
-    sub = result.subcomponents
-    log.info("harvest: %d of %d subcomponents fire (CI > %g) at least once; browser at %s",
-             int((sub["n_fire"] > 0).sum()), len(sub), hcfg.fire_threshold, out_dir / "browser" / "index.html")
-    return result

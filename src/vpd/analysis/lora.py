@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vpd.utils.divergence import kl_per_token
+
 
 class RankOneLoRA(nn.Module):
     """a [d_in] ~ N(0, 1/d_in), b [d_out] = 0 at init (so the update starts at zero)."""
@@ -41,13 +43,6 @@ class RankOneLoRA(nn.Module):
             yield
         finally:
             handle.remove()
-
-
-def kl_per_token(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per position from logits [..., V] -> [...] (fp32)."""
-    lp = F.log_softmax(logits_p.float(), dim=-1)
-    lq = F.log_softmax(logits_q.float(), dim=-1)
-    return (lp.exp() * (lp - lq)).sum(-1)
 
 
 def edit_loss(logits: torch.Tensor, base_logits: torch.Tensor, fire: torch.Tensor, target_id: int, lam: float):

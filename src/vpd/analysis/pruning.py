@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 
 from vpd.analysis.graph_config import AttributionConfig, PruneVariant
 from vpd.decomp.masks import source_masks_flat
 from vpd.decomp.sigmoids import lower_leaky, upper_leaky
+from vpd.utils.divergence import KLTarget, ce_per_token
 
 log = logging.getLogger("vpd")
 
@@ -64,14 +64,15 @@ class PruneResult:
 
 
 def _recon_fn(target_logits: torch.Tensor, target_token: int, kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """logits [1, T, V] -> loss at the last position."""
-    log_p = F.log_softmax(target_logits[0, -1].float(), -1)
+    """logits [1, T, V] -> loss at the last position: CE of `target_token`, or KL from the target's
+    distribution there."""
+    kl_vs_target = KLTarget(target_logits[0, -1])
+    token = torch.tensor(target_token, device=target_logits.device)
 
     def recon(logits: torch.Tensor) -> torch.Tensor:
-        log_q = F.log_softmax(logits[0, -1].float(), -1)
         if kind == "ce":
-            return -log_q[target_token]
-        return (log_p.exp() * (log_p - log_q)).sum()
+            return ce_per_token(logits[0, -1], token)
+        return kl_vs_target(logits[0, -1])
 
     return recon
 

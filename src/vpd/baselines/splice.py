@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from vpd.baselines.transcoders import Mode, Transcoder, mlp_modules
-from vpd.evaluate.metrics import MeanMeter, ce_per_token, kl_per_token
+from vpd.utils.divergence import ce_per_token, kl_per_token
+from vpd.utils.meters import MeanMeter
 from vpd.utils.runtime import autocast
 
 

@@ -10,9 +10,9 @@ import math
 from typing import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from vpd.decomp import fused
+from vpd.utils.divergence import KLTarget
 
 
 def faithfulness_loss(deltas: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -76,30 +76,6 @@ def importance_minimality_loss(
     return total
 
 
-def kl_output_loss(pred_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(p_target || p_pred) on the last (vocab) dim; the target is detached."""
-    log_q = F.log_softmax(pred_logits.float(), dim=-1)
-    log_p = F.log_softmax(target_logits.detach().float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-
-
-class KLTarget:
-    """The target distribution of one batch, prepared once and reused by every masked forward.
-
-    KL(p || q) = Σ p log p - Σ p log q; the first sum (minus the entropy) is a constant per
-    position, so each masked forward needs only log_softmax(pred) and one weighted sum.
-    """
-
-    def __init__(self, target_logits: torch.Tensor):
-        log_p = F.log_softmax(target_logits.detach().float(), dim=-1)
-        self.p = log_p.exp()  # [..., V]
-        self.neg_entropy = (self.p * log_p).sum(-1)  # [...]
-
-    def __call__(self, pred_logits: torch.Tensor) -> torch.Tensor:
-        log_q = F.log_softmax(pred_logits.float(), dim=-1)
-        return (self.neg_entropy - (self.p * log_q).sum(-1)).mean()
-
-
 def mse_output_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over all output elements (non-LM targets such as toy models)."""
     return (pred.float() - target.detach().float()).pow(2).mean()
@@ -112,20 +88,6 @@ def output_loss_fn(kind: str, target: torch.Tensor):
     if kind == "mse":
         return lambda pred: mse_output_loss(pred, target)
     raise ValueError(f"output_loss must be 'kl' or 'mse', got {kind!r}")
-
-
-def output_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if kind == "kl":
-        return kl_output_loss(pred, target)
-    if kind == "mse":
-        return mse_output_loss(pred, target)
-    raise ValueError(f"output_loss must be 'kl' or 'mse', got {kind!r}")
-
-
-def next_token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of logits[:, :-1] against ids[:, 1:] (within each sequence)."""
-    V = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1))
 
 
 def cosine_lr(step: int, total: int, lr: float, final_frac: float) -> float:

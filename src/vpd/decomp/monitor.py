@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 
 from vpd.decomp.adversary import pgd_attack
-from vpd.decomp.losses import next_token_ce, output_loss, output_loss_fn
+from vpd.decomp.losses import output_loss_fn
 from vpd.decomp.masks import constant_masks, stochastic_masks
 from vpd.utils.distributed import Dist
+from vpd.utils.divergence import next_token_ce
 
 if TYPE_CHECKING:
     from vpd.decomp.api import Decomposition
@@ -69,14 +70,13 @@ def quick_eval(
             "stochastic_delta": (stoch, stoch_delta),
         }
         key = "kl" if cfg.output_loss == "kl" else "mse"
+        loss_vs_clean = output_loss_fn(cfg.output_loss, clean)
         for name, (masks, dmasks) in strategies.items():
             pred = dec.masked_forward(batch, masks, dmasks)
-            out[f"eval/{key}/{name}"] = float(output_loss(cfg.output_loss, pred, clean))
+            out[f"eval/{key}/{name}"] = float(loss_vs_clean(pred))
             if is_lm:
                 out[f"eval/ce/{name}"] = float(next_token_ce(pred, batch.to(pred.device)))
     if cfg.pgd.eval_steps > 0:
-        loss_vs_clean = output_loss_fn(cfg.output_loss, clean)
-
         def loss_fn(masks, dmasks):
             return loss_vs_clean(dec.masked_forward_flat(batch, masks, dmasks, detach_components=True))
 

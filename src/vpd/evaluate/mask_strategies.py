@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpd.evaluate.metrics import CIAccumulator, MeanMeter, ce_per_token, kl_per_token
+from vpd.evaluate.metrics import CIAccumulator
+from vpd.utils.meters import MeanMeter
+from vpd.utils.divergence import ce_per_token, kl_per_token
 from vpd.utils.runtime import autocast
 
 Masks = dict[str, torch.Tensor]

@@ -14,7 +14,6 @@ from typing import Iterable, Mapping, Optional
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 ALIVE_EPS = 1e-6
 _LAYER = re.compile(r"^h\.(\d+)\.(.+)$")
@@ -168,40 +167,3 @@ def density(ci: Mapping[str, torch.Tensor], threshold: float = 0.0, eps: float =
     """Total L0 per token / total alive subcomponents."""
     alive = sum(alive_per_matrix(ci, eps).values())
     return l0_total(ci, threshold) / alive if alive else float("nan")
-
-
-# ---------------------------------------------------------------- output metrics
-def kl_per_token(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(p_target || p_model) per token in nats, fp32: [..., V] x2 -> [...]."""
-    lp_t = F.log_softmax(target_logits.float(), dim=-1)
-    lp_m = F.log_softmax(logits.float(), dim=-1)
-    return (lp_t.exp() * (lp_t - lp_m)).sum(-1)
-
-
-def mean_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    return kl_per_token(target_logits, logits).mean().item()
-
-
-def ce_per_token(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy per token in nats: logits [..., V], targets [...] -> [...]."""
-    flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return flat.reshape(targets.shape)
-
-
-def mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return ce_per_token(logits, targets).mean().item()
-
-
-class MeanMeter:
-    """Token-weighted running mean of a per-token quantity over batches."""
-
-    def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
-
-    def update(self, per_token: torch.Tensor) -> None:
-        self.total += per_token.detach().double().sum().item()
-        self.count += per_token.numel()
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else float("nan")

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from vpd.config import parse_config
 from vpd.report.readme import SECTIONS, Section, sections_for, summarize
+from vpd.utils.io import read_yaml
 
 
 def load_run_config(results_dir: str | Path):
     """The resolved config of the run (results/<name>/config.yaml), or None if absent."""
-    from vpd.config import parse_config
-    from vpd.utils.io import read_yaml
-
     path = Path(results_dir) / "config.yaml"
     return parse_config(read_yaml(path), str(path)) if path.exists() else None
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import pandas as pd
 
-from vpd.utils.io import write_text
+from vpd.analysis.attribution import PAPER_GRAPHS
+from vpd.utils.io import write_bytes, write_text
+from vpd.utils.provenance import config_digest, source_commit
+
 
 log = logging.getLogger("vpd")
 
@@ -94,8 +98,6 @@ SECTIONS: list[Section] = [
 
 def graph_items(cfg) -> list[Item]:
     """The attribution stage's per-prompt outputs (names come from the config)."""
-    from vpd.analysis.attribution import PAPER_GRAPHS
-
     items = []
     for prompt, variant, stem in cfg.attribution.graph_stems():
         paper = PAPER_GRAPHS.get((prompt, variant), {})
@@ -185,10 +187,7 @@ def csv_markdown(path: Path, max_rows: int = 16) -> str:
 
 def render(cfg, results_dir: Path, paper_dir: Path) -> str:
     """The README text; links are relative to paper_dir."""
-    import os
-
     results_dir, paper_dir = Path(results_dir), Path(paper_dir)
-    from vpd.utils.provenance import config_digest, source_commit
 
     lines = [f"# Paper outputs of run `{cfg.name}`", "",
              f"Code: commit `{source_commit()}`; config `{cfg.name}`, sha256 of its resolved values "
@@ -246,8 +245,6 @@ def labelled_copies(cfg, results_dir: Path) -> dict[Path, str]:
 
 
 def run_report(cfg, results_dir: Path, out_dir: Path) -> None:
-    from vpd.utils.io import write_bytes
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for src, name in labelled_copies(cfg, Path(results_dir)).items():

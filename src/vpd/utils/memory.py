@@ -1,36 +1,11 @@
-"""Per-process memory estimates of the two training stages, and the up-front refusal.
+"""Per-process memory estimates and the up-front refusal shared by the training stages.
 
-The estimates are analytic: parameter, gradient and AdamW-moment bytes are exact (modules built
-on the meta device), activations are bytes saved for backward per local token times a peak
-factor. Local tokens = (batch_size // world_size) * seq_len, so every number is per rank.
-
-Saved-for-backward bytes per local token were counted (fp32, autograd saved-tensor hooks,
-deduplicated by storage) at config/config.yaml's shapes, and split by tensor shape at a shape
-with distinct odd widths:
-
-- target training: n_layer * (36 d + 8 d_mlp) + 16 d  (measured 38.5 kB/token at config.yaml's
-  target, formula 36.9 kB);
-- decomposition, per token of the batch (the masked forward runs on the doubled batch):
-  52 ΣC (seven fp32 [tokens, ΣC] tensors: CI pre-activation and both read-outs, the minimality
-  power sums, the stochastic and adversarial masks; plus three [2 tokens, C] tensors per matrix
-  inside the masked forward), 2 n_layer (52 d + 12 d_mlp) for the masked target trunk, 12 V for
-  the target distribution and both halves' log-softmax, 4 Σd_in for the CI function's input,
-  n_blocks (36 d_ci + 8 d_mlp_ci) for its blocks (measured 457.5 kB/token + 23 MiB fixed at
-  config.yaml's decomposition, formula 455.7 kB). The estimate adds what is alive but not saved:
-  the clean logits (4 V) and the captured matrix inputs (4 Σd_in).
-
-The peak factors turn saved bytes into peak footprint (gradients of those activations in
-backward, allocator slack). They were calibrated on CPU peak RSS (`/usr/bin/time -v`, torch
-2.13, 1-2 threads, ~230 MiB of it the interpreter and torch) of a few steps at config.yaml's shapes:
-
-- target, 32 x 128 tokens: 671 MiB fp32 / 657-752 MiB bf16; 64 x 128: 1124 MiB fp32 / 1005 MiB
-  bf16, i.e. 2.45-2.85x the saved bytes -> TARGET_PEAK_FACTOR 3.0;
-- decomposition, 8 x 128 tokens: 1363 MiB fp32 / 1229-1315 MiB bf16 after 3 steps (1.41 / 1.36 GB
-  after 20 in benchmarks/RESULTS.md); 4 x 128: 841 MiB fp32, i.e. 2.15-2.3x -> DECOMP_PEAK_FACTOR 2.5.
-
-The formulas count fp32 activations, so bf16 runs are over-estimated by up to ~25%. Writing a
-checkpoint briefly needs ~20 bytes per trainable parameter (moment copies plus the serialised
-file), less than a step's activations at every shipped config, so it is not a separate part.
+An estimate (`MemoryEstimate`) is bytes by named part, built by `vpd.target.memory` and
+`vpd.decomp.memory`; `check_memory` compares its total with what the device (or the cgroup) has
+left and refuses before any compute. On CPU an estimate includes the interpreter, torch and the
+libraries loaded before any model exists (`runtime_part`). Writing a checkpoint briefly needs ~20 bytes per trainable parameter
+(moment copies plus the serialised file), less than a step's activations at every shipped config,
+so it is not a separate part.
 """
 
 from __future__ import annotations
@@ -49,13 +24,8 @@ log = logging.getLogger("vpd")
 
 SKIP_ENV = "VPD_SKIP_MEMORY_CHECK"
 FP32 = 4
-ADAMW_BYTES_PER_PARAM = 4 + 4 + 8  # parameter, gradient, two fp32 moments
-TARGET_PEAK_FACTOR = 3.0
-DECOMP_PEAK_FACTOR = 2.5
 # Interpreter + torch + numpy/pandas/matplotlib before any model exists (327 MB measured).
 CPU_RUNTIME_BYTES = 350 * 10**6
-# SDPA's math kernel (the CI function on CPU in bf16) saves [H, T] attention rows per token.
-MATH_ATTENTION_BYTES_PER_HEAD_POSITION = 20
 
 MEMINFO = Path("/proc/meminfo")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -146,100 +116,16 @@ def _cgroup_headroom(root: Path) -> Optional[int]:
 
 
 # ---------------------------------------------------------------- estimates
-def _local_batch(batch_size: int, world_size: int) -> int:
+def local_batch(batch_size: int, world_size: int) -> int:
     return max(1, batch_size // max(1, world_size))
 
 
-def _n_params(module: torch.nn.Module) -> int:
+def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _meta_target(model_cfg):
-    from vpd.target.model import TargetLM
-
-    with torch.device("meta"):
-        return TargetLM(model_cfg)
-
-
-def _runtime_part(device: torch.device | str) -> dict[str, int]:
+def runtime_part(device: torch.device | str) -> dict[str, int]:
     return {"runtime": CPU_RUNTIME_BYTES} if torch.device(device).type == "cpu" else {}
-
-
-def estimate_target_training_bytes(
-    model_cfg, train_cfg, world_size: Optional[int] = None, *, device: torch.device | str = "cpu"
-) -> MemoryEstimate:
-    """Peak bytes per rank of target training (`target.model`, `target.train`)."""
-    from vpd.target.loss import CHUNK_BYTES
-
-    world_size = world_size or train_cfg.world_size
-    n_params = _n_params(_meta_target(model_cfg))
-    d, d_mlp = model_cfg.d_model, model_cfg.d_mlp
-    tokens = _local_batch(train_cfg.batch_size, world_size) * model_cfg.context
-    saved_per_token = model_cfg.n_layer * (36 * d + 8 * d_mlp) + 16 * d
-    parts = {
-        **_runtime_part(device),
-        "parameters": FP32 * n_params,
-        "gradients": FP32 * n_params,
-        "adamw_moments": 2 * FP32 * n_params,
-        "activations": int(TARGET_PEAK_FACTOR * saved_per_token * tokens),
-        # fused unembedding + CE: fp32 grad of the tied embedding twice, a few logit chunks
-        "unembedding_workspace": 2 * FP32 * model_cfg.vocab_size * d + 4 * CHUNK_BYTES,
-    }
-    return MemoryEstimate(parts, f"{tokens} tokens per rank, world_size {world_size}")
-
-
-def estimate_decomposition_bytes(
-    model_cfg,
-    decomp_cfg,
-    world_size: Optional[int] = None,
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> MemoryEstimate:
-    """Peak bytes per rank of a decomposition of the target `model_cfg` with `decompose:` config `decomp_cfg`."""
-    from vpd.decomp.ci_functions import build_ci_function
-    from vpd.decomp.components import match_matrices
-
-    world_size = world_size or decomp_cfg.world_size
-    target = _meta_target(model_cfg)
-    modules = dict(target.named_modules())
-    C = match_matrices(target, decomp_cfg.matrices)
-    d_in = {n: modules[n].in_features for n in C}
-    d_out = {n: modules[n].out_features for n in C}
-    with torch.device("meta"):
-        ci_fn = build_ci_function(d_in, C, decomp_cfg.ci_fn)
-    n_trained = sum(c * (d_in[n] + d_out[n]) for n, c in C.items()) + _n_params(ci_fn)  # V, U and the CI function
-    total_c, n_mats = sum(C.values()), len(C)
-
-    seq_len = decomp_cfg.seq_len or model_cfg.context
-    tokens = _local_batch(decomp_cfg.batch_size, world_size) * seq_len
-    d, d_mlp = model_cfg.d_model, model_cfg.d_mlp
-    other_per_token = (
-        2 * model_cfg.n_layer * (52 * d + 12 * d_mlp)  # masked target trunk over the doubled batch
-        + 16 * model_cfg.vocab_size  # clean logits, target probabilities, two log-softmaxes
-        + 8 * sum(d_in.values())  # captured matrix inputs and the CI function's concatenated input
-    )
-    ci = decomp_cfg.ci_fn
-    if ci.kind == "global_transformer":
-        other_per_token += ci.n_blocks * (36 * ci.d_model + 8 * ci.d_mlp)
-        if torch.device(device).type == "cpu" and dtype == torch.bfloat16:  # the CI function uses SDPA's math kernel
-            other_per_token += ci.n_blocks * MATH_ATTENTION_BYTES_PER_HEAD_POSITION * ci.n_heads * seq_len
-    else:
-        other_per_token += 12 * n_mats * sum(ci.hidden)
-    parts = {
-        **_runtime_part(device),
-        "target_weights": FP32 * _n_params(target),
-        "parameters": FP32 * n_trained,
-        "gradients": FP32 * n_trained,
-        "adamw_moments": 2 * FP32 * n_trained,
-    }
-    if decomp_cfg.coeffs.adversarial_recon > 0:
-        parts["adversary_sources"] = 3 * FP32 * tokens * (total_c + n_mats)  # sources + 2 Adam moments
-    parts["flat_ci_masks"] = int(DECOMP_PEAK_FACTOR * 52 * total_c * tokens)
-    parts["activations"] = int(DECOMP_PEAK_FACTOR * other_per_token * tokens)
-    return MemoryEstimate(
-        parts, f"{tokens} tokens per rank, ΣC {total_c} over {n_mats} matrices, world_size {world_size}"
-    )
 
 
 # ---------------------------------------------------------------- the check

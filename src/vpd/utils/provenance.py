@@ -9,6 +9,8 @@ disagreement naming both values, so a stale result is never taken for a fresh on
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,7 +23,6 @@ from vpd.utils.io import sha256_file
 
 class ProvenanceError(UserError, ValueError):
     """A saved result was computed from other inputs than the ones it is being used with."""
-
 
 def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the names, dtypes, shapes and bytes of `tensors` (order-independent)."""
@@ -80,8 +81,6 @@ def upstream_digests(**folders: str | Path) -> dict[str, str]:
 def source_commit(repo: str | Path | None = None) -> str:
     """The git commit of the code that runs (the checkout holding this package), with "+dirty" when
     tracked files differ from it; "unknown" outside a git checkout or without git."""
-    import subprocess
-
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[3]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -96,6 +95,4 @@ def source_commit(repo: str | Path | None = None) -> str:
 
 def config_digest(config: Mapping[str, Any]) -> str:
     """sha256 of a config mapping's canonical JSON (sorted keys), as 16 hex digits."""
-    import json
-
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

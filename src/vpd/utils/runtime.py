@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,10 +32,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_stage(seed: int, out_dir) -> "Path":
+def start_stage(seed: int, out_dir) -> Path:
     """Create a stage's output directory and seed every RNG; returns the directory as a Path."""
-    from pathlib import Path
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reuse_freed_memory()

@@ -16,13 +16,17 @@ import pandas as pd
 
 from vpd.config import ProjectConfig
 from vpd.data.tokenizer import load_tokenizer
+from vpd.plots import save_figure
+from vpd.plots.target import plot_target_curve
 from vpd.target.probes import run_probes
 from vpd.target.train import train_target
+from vpd.utils.distributed import init_distributed
 from vpd.utils.errors import InputError
 from vpd.utils.io import read_json, sha256_file, write_bytes, write_csv, write_yaml
-from vpd.utils.distributed import init_distributed
-from vpd.utils.memory import check_memory, estimate_target_training_bytes
+from vpd.target.memory import estimate_target_training_bytes
+from vpd.utils.memory import check_memory
 from vpd.utils.runtime import log, resolve_precision, reuse_freed_memory
+
 
 INPUT_FILES = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
 
@@ -119,8 +123,6 @@ def run_train_target(cfg: ProjectConfig, tokens_dir: Path, out_dir: Path, *, sto
     final["probes"] = {f"{r.probe} {r.quantity}": float(r.value) for r in summary.itertuples()}
     write_yaml(out_dir / "final_config.yaml", final)
 
-    from vpd.plots import save_figure
-    from vpd.plots.target import plot_target_curve
 
     save_figure(plot_target_curve(pd.DataFrame(result.curve)), out_dir / "fig_target_curve")
     log.info("target done: val CE %.4f -> %.4f, outputs in %s", result.curve[0]["val_ce"], final["final_val_ce"], out_dir)

@@ -20,21 +20,23 @@ from vpd.config import ProjectConfig
 from vpd.data.tokens import TokenShard
 from vpd.decomp.api import decompose
 from vpd.decomp.variants import variant_decompose_config
+from vpd.plots import save_figure
+from vpd.plots.decomp import plot_l0, plot_losses
 from vpd.sweeps import find_variant
+from vpd.target.model import TargetLM
+from vpd.utils.distributed import init_distributed
 from vpd.utils.errors import InputError
 from vpd.utils.io import sha256_file, write_yaml
-from vpd.utils.distributed import init_distributed
-from vpd.utils.memory import check_memory, estimate_decomposition_bytes
+from vpd.decomp.memory import estimate_decomposition_bytes
+from vpd.utils.memory import check_memory
 from vpd.utils.runtime import configure_threads, resolve_precision, reuse_freed_memory, seed_everything
+
 
 log = logging.getLogger("vpd")
 
 
 def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_dir: Path,
                   variant: str | None = None) -> None:
-    from vpd.plots import save_figure
-    from vpd.plots.decomp import plot_l0, plot_losses
-    from vpd.target.model import TargetLM
 
     job = find_variant(cfg, variant) if variant is not None else None
     if job is not None and job.seed is not None:

@@ -16,21 +16,23 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
-import torch
 
 from vpd.config import ProjectConfig
 from vpd.data.tokenizer import load_tokenizer
 from vpd.data.tokens import eval_windows
+from vpd.decomp import Decomposition
+from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.generations import generations_markdown, generations_table, showcase_models
 from vpd.evaluate.loss_tables import loss_table
-from vpd.evaluate.compute_recovered import compute_recovered_table
 from vpd.evaluate.mask_strategies import evaluate_masks, evaluate_pgd, standard_strategies, summarise_pgd
 from vpd.evaluate.paper import paper_vs_ours
+from vpd.plots import save_figure
+from vpd.plots.evaluate import plot_compute_recovered, plot_l0_by_layer, plot_pgd
+from vpd.target.model import load_target
 from vpd.utils.io import MetricsLog, write_csv, write_text, write_yaml
 from vpd.utils.provenance import upstream_digests
-from vpd.target.model import load_target
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
+
 
 OUTPUT_TABLES = (
     "mask_strategies.csv", "pgd_steps.csv", "compute_recovered.csv", "l0_by_layer.csv", "l0_by_matrix.csv",
@@ -40,10 +42,6 @@ FIGURES = ("fig_compute_recovered", "fig_pgd", "fig_l0_by_layer")
 
 
 def run_evaluate(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, out_dir: Path) -> None:
-    from vpd.decomp import Decomposition
-    from vpd.plots import save_figure
-    from vpd.plots.evaluate import plot_compute_recovered, plot_l0_by_layer, plot_pgd
-
     out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     dtype = resolve_precision(cfg.precision, device)

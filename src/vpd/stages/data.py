@@ -15,6 +15,7 @@ from vpd.data.corpus import build_corpus
 from vpd.data.tokenizer import build_tokenizer
 from vpd.utils.io import write_yaml
 
+
 log = logging.getLogger("vpd")
 
 

@@ -30,6 +30,7 @@ from vpd.utils.io import MetricsLog, write_csv, write_json, write_yaml
 from vpd.utils.provenance import upstream_digests
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
 
+
 DATA_ORDER_OFFSET = 7919  # the transcoders' batch order: seed + this, the same for every job of the sweep
 
 

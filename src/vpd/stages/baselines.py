@@ -5,7 +5,7 @@ Reads   <target>/, <tokens>/val.bin, <decomposition>/ (the main VPD run),
         <variants>/coeff_<x>/ (the importance-minimality sweep)
 Writes  <out>/{transcoders.csv, pareto.csv, summary.json, final_config.yaml, fig_pareto.{png,pdf}}
 
-The transcoder jobs score themselves (`vpd.baselines.stage`); this stage adds the VPD points of
+The transcoder jobs score themselves (`vpd.stages.transcoder`); this stage adds the VPD points of
 the main run and of each coefficient run on the same held-out windows (`vpd.evaluate.pareto`)
 and the zero-ablation reference, and draws the figure.
 """

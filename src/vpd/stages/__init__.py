@@ -1,0 +1,1 @@
+"""Stage entry points: each loads its inputs, calls the computation packages, writes its tables and figures."""
