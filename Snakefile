@@ -60,4 +60,5 @@ rule all:
         rules.attention.output,
         rules.report.output,
         rules.seeds.output if PROJECT.seeds else [],
+        rules.adversary_ablation.output if PROJECT.adversary_ablation.enabled else [],
     default_target: True

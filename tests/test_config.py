@@ -124,7 +124,7 @@ def test_dry_run_builds_full_dag(name, tmp_path):
     assert variants == sorted(j.name for j in variant_jobs(cfg))
     assert len(transcoders) == len(cfg.baselines.kinds) * len(cfg.baselines.n_latents) * len(cfg.baselines.k)
     assert len(variants) == (len(cfg.baselines.vpd_importance_coeffs) + len(cfg.feature_splitting.c_multipliers)
-                             + len(set(cfg.seeds) - {cfg.seed}))
+                             + len(set(cfg.seeds) - {cfg.seed}) + 2 * cfg.adversary_ablation.enabled)
     # the training stages go through torchrun exactly when the config asks for several processes
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 8 -m vpd"
     shell = res.stdout
@@ -233,6 +233,40 @@ def test_seeds_need_two_distinct_values(seeds):
     data = _load("ci.yaml")
     data["seeds"] = seeds
     with pytest.raises(ConfigError, match="seeds"):
+        parse_config(data)
+
+
+def test_adversary_variants_are_the_main_config_with_and_without_the_adversary():
+    from vpd.decomp.variants import variant_decompose_config
+    from vpd.sweeps import variant_jobs, variant_steps
+
+    data = _load("config.yaml")
+    cfg = parse_config(data)
+    jobs = {j.name: j for j in variant_jobs(cfg) if j.purpose == "adversary"}
+    assert sorted(jobs) == ["adversary_off", "adversary_on"]
+    target = None  # only the splitting variants read the target's matrices
+    on, off = (variant_decompose_config(cfg, jobs[n], target) for n in ("adversary_on", "adversary_off"))
+    assert on.steps == off.steps == variant_steps(cfg, jobs["adversary_on"]) == data["adversary_ablation"]["steps"]
+    assert on.coeffs.adversarial_recon == cfg.decompose.coeffs.adversarial_recon > 0
+    assert off.coeffs.adversarial_recon == 0.0
+    # everything else is the main decomposition's config
+    same = {k: v for k, v in on.to_dict().items() if k != "steps"}
+    assert same == {k: v for k, v in cfg.decompose.to_dict().items() if k != "steps"}
+    assert {k: v for k, v in off.to_dict().items() if k not in ("steps", "coeffs")} == \
+        {k: v for k, v in on.to_dict().items() if k not in ("steps", "coeffs")}
+    # steps null: the main decomposition's length; disabled: no runs
+    data["adversary_ablation"]["steps"] = None
+    cfg = parse_config(data)
+    assert all(variant_steps(cfg, j) == cfg.decompose.steps for j in variant_jobs(cfg) if j.purpose == "adversary")
+    data["adversary_ablation"]["enabled"] = False
+    assert not [j for j in variant_jobs(parse_config(data)) if j.purpose == "adversary"]
+
+
+@pytest.mark.parametrize("values", [[], [0.5, 1.5], [-0.1]])
+def test_source_values_must_lie_in_the_unit_interval(values):
+    data = _load("ci.yaml")
+    data["adversary_ablation"]["source_values"] = values
+    with pytest.raises(ConfigError, match="source_values"):
         parse_config(data)
 
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from vpd.evaluate.mask_strategies import (
-    evaluate_masks, evaluate_pgd, pgd_attack, restrict, rounded_name, standard_strategies, summarise_pgd,
+    evaluate_masks, evaluate_pgd, fixed_source, pgd_attack, restrict, rounded_name, source_name, standard_strategies,
+    summarise_pgd,
 )
 
 NAMES = ("h.0.mlp.c_fc", "h.0.mlp.down_proj")
@@ -117,6 +118,22 @@ def test_delta_excluded_except_stochastic_with_delta():
     assert t.loc["unmasked", "kl"] > 0  # Δ dropped
     # only stochastic_with_delta lets Δ back in, so it differs from stochastic
     assert t.loc["stochastic_with_delta", "kl"] != pytest.approx(t.loc["stochastic", "kl"])
+
+
+def test_fixed_source_masks_by_hand():
+    ci = {"a": torch.tensor([[[0.2, 0.6]]]), "b": torch.tensor([[[1.0, 0.0, 0.5]]])}
+    masks, dmasks = fixed_source(0.5)(ci, torch.Generator())
+    assert masks["a"].flatten().tolist() == pytest.approx([0.6, 0.8])
+    assert masks["b"].flatten().tolist() == pytest.approx([1.0, 0.5, 0.75])
+    assert dmasks["a"].tolist() == [[0.5]] and dmasks["b"].shape == (1, 1)
+    # r = 0 is CI as masks without Δ; r = 1 is everything on, Δ included: the target's weights
+    target, decomp = hand_fake(delta=0.5)
+    t, _ = run(decomp, target, strategies={**standard_strategies(), source_name(0): fixed_source(0.0),
+                                           source_name(1): fixed_source(1.0)})
+    assert t.loc["source_0", "kl"] == pytest.approx(t.loc["ci_as_masks", "kl"], abs=1e-7)
+    assert t.loc["source_1", "kl"] == pytest.approx(0.0, abs=1e-7)
+    assert t.loc["source_1", "ce"] == pytest.approx(t.loc["target", "ce"], abs=1e-6)
+    assert t.loc["unmasked", "kl"] > 1e-3  # while all-ones masks without Δ are not the target
 
 
 def test_seeded_and_restricted():

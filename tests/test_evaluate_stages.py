@@ -41,6 +41,7 @@ def tiny_config():
     d["matrices"] = [{"pattern": "h.*.attn.*", "C": 4}, {"pattern": "h.*.mlp.*", "C": 8}]
     d["ci_fn"] = {"kind": "per_matrix_mlp", "hidden": [8]}
     data["evaluate"].update(batch_size=2, pgd_steps=[0, 2, 4], pgd_batches=1)
+    data["adversary_ablation"].update(steps=2)
     b = data["baselines"]
     b.update(n_latents=[16, 32], k=[2, 4], vpd_importance_coeffs=[1e-3], vpd_steps=2)
     b["train"].update(steps=4, batch_size=2, warmup_steps=1)
@@ -161,6 +162,28 @@ def test_a_variant_is_the_decompose_stage_with_the_variants_change(setup):
                                              for i in range(cfg.target.model.n_layer) for m in ("c_fc", "down_proj")]
     assert half["decompose"]["steps"] == cfg.feature_splitting.steps
     assert half["provenance"]["seed"] == cfg.seed
+
+
+def test_adversary_ablation_masks_every_run_at_each_source_value(setup):
+    from vpd.stages.adversary_ablation import run_adversary_ablation
+
+    cfg, root = setup
+    _sweep_jobs(cfg, root)
+    off = yaml.safe_load((root / "variants/adversary_off/final_config.yaml").read_text())
+    assert off["decompose"]["coeffs"]["adversarial_recon"] == 0.0 and off["variant"]["adversary"] is False
+    out = root / "adversary_ablation"
+    run_adversary_ablation(cfg, root / "target", root / "tokens", root / "variants", out)
+    table = pd.read_csv(out / "ce_vs_source.csv")
+    values = cfg.adversary_ablation.source_values
+    assert sorted(zip(table["run"], table["r"])) == sorted((run, r) for run in ("adversary_off", "adversary_on")
+                                                             for r in values)
+    # r = 1 with Δ at 1 is the target's own weights: no CE increase, no KL, for both runs
+    full = table[table["r"] == 1.0]
+    assert full["ce_increase"].abs().max() < 1e-4 and full["kl"].abs().max() < 1e-5
+    assert (table["n_tokens"] == table["n_tokens"].iloc[0]).all()
+    assert (out / "fig_adv-vs-no-adv.png").stat().st_size > 0
+    inputs = yaml.safe_load((out / "final_config.yaml").read_text())["inputs"]
+    assert {"variants/adversary_on/components.safetensors", "variants/adversary_off/components.safetensors"} <= set(inputs)
 
 
 def test_baselines_write_transcoders_and_one_pareto_row_per_method_and_setting(setup):

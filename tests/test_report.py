@@ -2,6 +2,7 @@
 paper's numbers beside ours and lists what is missing; every notebook has a parameters cell."""
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -64,17 +65,21 @@ def test_report_readme_links_outputs_with_paper_numbers(tmp_path):
     cfg, results = _fake_results(tmp_path)
     run_report(cfg, results, results / "paper")
     text = (results / "paper" / "README.md").read_text()
-    assert "[attribution/graph_princess.json](../attribution/graph_princess.json)" in text
+    assert "[attribution/graph_princess.json](graph_princess.json)" in text  # linked at its copy in paper/
     assert "0.443" in text and "150" in text  # the paper's numbers
     assert "42 nodes" in text  # ours
-    assert "![graph:princess figure](../attribution/fig_graph_princess.png)" in text
+    assert "![graph:princess figure](graph_princess.png)" in text
     assert "previous-token pair 1.attn.q_proj:3 × 1.attn.k_proj:7" in text
     assert "not produced (stage not run)" in text  # e.g. evaluation/ is absent here
     for line in text.splitlines():
         assert "unreadable" not in line, line
-    # each labelled output that exists is copied into paper/ under its label, byte for byte
+    # each labelled output that exists is copied into paper/ under its label, byte for byte, any
+    # other output under its path in the run: every link of the README resolves inside paper/
     copy = results / "paper" / "graph_princess.json"
     assert copy.read_bytes() == (results / "attribution" / "graph_princess.json").read_bytes()
+    assert (results / "paper" / "attention" / "summary.json").read_bytes() == (results / "attention" / "summary.json").read_bytes()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all((results / "paper" / link).is_file() for link in links if not link.startswith("../notebooks")), links
     assert not (results / "paper" / "fig_pareto-mse.png").exists()  # baselines did not run here
 
 

@@ -114,12 +114,14 @@ def test_ci_dag_end_to_end(tmp_path):
     assert {"metadata", "nodes", "links"} <= set(graph) and all(link["source"] in node_ids for link in graph["links"])
     paper = out / "paper"
     for label_file in ["fig_target-curve.png", "tab_vpd-ce-compute-compar.csv", "fig_pareto-mse.png",
-                       "fig_model-editing-pareto.png", "graph_princess.json", "fig_attn_contrib_grid.png"]:
+                       "fig_model-editing-pareto.png", "graph_princess.json", "fig_attn_contrib_grid.png",
+                       "fig_adv-vs-no-adv.png"]:
         assert (paper / label_file).stat().st_size > 0, label_file
     assert len(list((out / "notebooks").glob("*.ipynb"))) == 6
     # Every stage after the decomposition records the sha256 of the upstream files it read.
     folders = {"target": "target", "tokens": "tokenizer", "decomposition": "decomposition"}
-    for stage in ("evaluation", "baselines", "feature_splitting", "harvest", "edit", "attribution", "attention", "seeds"):
+    for stage in ("evaluation", "baselines", "feature_splitting", "harvest", "edit", "attribution", "attention", "seeds",
+                  "adversary_ablation"):
         inputs = yaml.safe_load((out / stage / "final_config.yaml").read_text())["inputs"]
         assert "target/model.safetensors" in inputs, stage
         for key, digest in inputs.items():
@@ -128,10 +130,13 @@ def test_ci_dag_end_to_end(tmp_path):
             assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), (stage, key)
     # One job folder per trained model of the sweeps, each with its own log and benchmark.
     assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8
-    assert sorted(p.name for p in (out / "variants").iterdir()) == ["coeff_0.002", "seed_1", "split_0.5x", "split_1x",
-                                                                    "split_2x", "split_4x"]
+    assert sorted(p.name for p in (out / "variants").iterdir()) == ["adversary_off", "adversary_on", "coeff_0.002",
+                                                                    "seed_1", "split_0.5x", "split_1x", "split_2x",
+                                                                    "split_4x"]
     assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8
-    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 6
+    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 8
+    ablation = pd.read_csv(out / "adversary_ablation" / "ce_vs_source.csv")
+    assert sorted(set(ablation["run"])) == ["adversary_off", "adversary_on"] and len(ablation) == 6
     tmp_path = workdir
     # Everything is up to date: a second run has nothing to do.
     again = _snakemake(tmp_path, "-n")

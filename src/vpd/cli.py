@@ -76,6 +76,12 @@ def _stage_seeds(cfg, args):
               Path(args.variants), Path(args.out))
 
 
+def _stage_adversary_ablation(cfg, args):
+    from vpd.stages.adversary_ablation import run_adversary_ablation
+
+    run_adversary_ablation(cfg, Path(args.target), Path(args.tokens), Path(args.variants), Path(args.out))
+
+
 def _stage_harvest(cfg, args):
     from vpd.stages.harvest import run_harvest
 
@@ -123,6 +129,7 @@ STAGES = {
     "baselines": (_stage_baselines, ["target", "tokens", "decomposition", "transcoders"]),
     "feature_splitting": (_stage_feature_splitting, ["target", "tokens", "transcoders", "variants"]),
     "seeds": (_stage_seeds, ["target", "tokens", "decomposition", "evaluation", "variants"]),
+    "adversary_ablation": (_stage_adversary_ablation, ["target", "tokens", "variants"]),
     "harvest": (_stage_harvest, ["target", "tokens", "decomposition"]),
     "edit": (_stage_edit, ["target", "tokens", "decomposition"]),
     "attribution": (_stage_attribution, ["target", "decomposition"]),

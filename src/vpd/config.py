@@ -17,7 +17,7 @@ from vpd.analysis.config import EditConfig, HarvestConfig
 from vpd.analysis.graph_config import AttentionConfig, AttributionConfig, ReportConfig
 from vpd.baselines.config import BaselinesConfig
 from vpd.decomp.config import DecompositionConfig
-from vpd.evaluate.config import EvaluateConfig, FeatureSplittingConfig
+from vpd.evaluate.config import AdversaryAblationConfig, EvaluateConfig, FeatureSplittingConfig
 from vpd.utils.errors import UserError
 
 
@@ -148,6 +148,10 @@ class ProjectConfig(Strict):
     evaluate: EvaluateConfig = Field(description="stage 5: held-out evaluation of the decomposition")
     baselines: BaselinesConfig = Field(description="stage 6: transcoder baselines and the Pareto comparison")
     feature_splitting: FeatureSplittingConfig = Field(description="stage 7: alive units vs capacity, VPD vs transcoders")
+    adversary_ablation: AdversaryAblationConfig = Field(
+        default_factory=AdversaryAblationConfig,
+        description="stage 7b: CE at fixed source values, VPD against a run without the adversary",
+    )
     harvest: HarvestConfig = Field(default_factory=HarvestConfig, description="stage 8: what every subcomponent fires on, and the component browser")
     edit: EditConfig = Field(default_factory=EditConfig, description="stage 9: the emoticon edit of one subcomponent vs rank-1 LoRA")
     attribution: AttributionConfig = Field(

@@ -41,14 +41,15 @@ class VariantJob:
     """One extra decomposition: `purpose` says which comparison reads it."""
 
     name: str
-    purpose: Literal["pareto", "splitting", "seed"]
+    purpose: Literal["pareto", "splitting", "seed", "adversary"]
     importance_minimality: Optional[float] = None  # pareto: replaces decompose.coeffs.importance_minimality
     C_multiplier: Optional[float] = None  # splitting: feature_splitting.matrices at this multiple of their C
     seed: Optional[int] = None  # seed: the main decomposition's config at this seed
+    adversary: Optional[bool] = None  # adversary: the main config at adversary_ablation.steps, with or without the adversary
 
     def as_dict(self) -> dict:
         return {"name": self.name, "purpose": self.purpose, "importance_minimality": self.importance_minimality,
-                "C_multiplier": self.C_multiplier, "seed": self.seed}
+                "C_multiplier": self.C_multiplier, "seed": self.seed, "adversary": self.adversary}
 
 
 def transcoder_jobs(cfg: ProjectConfig) -> list[TranscoderJob]:
@@ -73,13 +74,19 @@ def seed_variant_name(seed: int) -> str:
     return f"seed_{seed}"
 
 
+def adversary_variant_name(adversary: bool) -> str:
+    return "adversary_on" if adversary else "adversary_off"
+
+
 def variant_jobs(cfg: ProjectConfig) -> list[VariantJob]:
     pareto = [VariantJob(coeff_variant_name(c), "pareto", importance_minimality=c)
               for c in cfg.baselines.vpd_importance_coeffs]
     splitting = [VariantJob(split_variant_name(m), "splitting", C_multiplier=m)
                  for m in cfg.feature_splitting.c_multipliers]
     seeds = [VariantJob(seed_variant_name(s), "seed", seed=s) for s in cfg.seeds if s != cfg.seed]
-    return pareto + splitting + seeds
+    adversary = [VariantJob(adversary_variant_name(a), "adversary", adversary=a)
+                 for a in (True, False)] if cfg.adversary_ablation.enabled else []
+    return pareto + splitting + seeds + adversary
 
 
 def seed_runs(cfg: ProjectConfig) -> dict[int, Optional[str]]:
@@ -100,7 +107,7 @@ def find_variant(cfg: ProjectConfig, name: str) -> VariantJob:
     jobs = {j.name: j for j in variant_jobs(cfg)}
     if name not in jobs:
         raise ConfigError(f"decomposition variant {name!r} is not configured (baselines.vpd_importance_coeffs, "
-                         f"feature_splitting.c_multipliers and seeds give: {sorted(jobs)})")
+                         f"feature_splitting.c_multipliers, seeds and adversary_ablation give: {sorted(jobs)})")
     return jobs[name]
 
 
@@ -110,4 +117,6 @@ def variant_steps(cfg: ProjectConfig, job: VariantJob) -> int:
         return cfg.baselines.vpd_steps or cfg.decompose.steps
     if job.purpose == "seed":
         return cfg.decompose.steps
+    if job.purpose == "adversary":
+        return cfg.adversary_ablation.steps or cfg.decompose.steps
     return cfg.feature_splitting.steps

@@ -110,6 +110,8 @@ def variant_sections(wildcards):
         return {"variant": job.as_dict(), "vpd_steps": config["baselines"]["vpd_steps"]}
     if job.purpose == "seed":
         return {"variant": job.as_dict()}
+    if job.purpose == "adversary":
+        return {"variant": job.as_dict(), "steps": PROJECT.adversary_ablation.steps}
     fs = config["feature_splitting"]
     return {"variant": job.as_dict(),
             **{k: fs[k] for k in ("matrices", "steps", "faithfulness_warmup_steps", "batch_size", "seq_len")}}

@@ -110,3 +110,40 @@ rule seeds:
         "python -m vpd seeds --config {input.resolved_config} --threads {threads} --target {params.target} "
         "--tokens {params.tokens} --decomposition {params.decomposition} --evaluation {params.evaluation} "
         "--variants {params.variants} --out {params.out} 2>&1 | tee {log}"
+
+
+# fig:adv-vs-no-adv: CE at fixed source values r for the main config trained with and without the
+# adversary (the two `adversary` variants, adversary_ablation.steps each).
+rule adversary_ablation:
+    input:
+        target=rules.train_target.output,
+        tokens=rules.tokenizer.output,
+        variants=variant_files("adversary"),
+        resolved_config=CONFIG_INPUT,
+    output:
+        table=f"{RESULTS}/adversary_ablation/ce_vs_source.csv",
+        config=f"{RESULTS}/adversary_ablation/final_config.yaml",
+        figure=f"{RESULTS}/adversary_ablation/fig_adv-vs-no-adv.png",
+        figure_pdf=f"{RESULTS}/adversary_ablation/fig_adv-vs-no-adv.pdf",
+    params:
+        section=config.get("adversary_ablation", {}),
+        evaluate=config["evaluate"],
+        seed=config["seed"],
+        precision=config.get("precision", "auto"),
+        target=folder_of("target"),
+        tokens=folder_of("tokens"),
+        variants=sweep_folder("variants"),
+        out=folder_of("output"),
+    log:
+        f"{RESULTS}/logs/adversary_ablation.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/adversary_ablation.tsv"
+    conda:
+        "../../environment.yml"
+    threads: job_threads()
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m vpd adversary_ablation --config {input.resolved_config} --threads {threads} --target {params.target} "
+        "--tokens {params.tokens} --variants {params.variants} --out {params.out} 2>&1 | tee {log}"

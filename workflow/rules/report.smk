@@ -3,7 +3,8 @@
 
 NOTEBOOK_INPUTS = {
     "01_target": [rules.train_target.output],
-    "02_decomposition": [rules.decompose.output, rules.evaluate.output, *([rules.seeds.output] if PROJECT.seeds else [])],
+    "02_decomposition": [rules.decompose.output, rules.evaluate.output, *([rules.seeds.output] if PROJECT.seeds else []),
+                         *([rules.adversary_ablation.output] if PROJECT.adversary_ablation.enabled else [])],
     "03_pareto_splitting": [rules.baselines.output, rules.feature_splitting.output],
     "04_editing": [rules.harvest.output, rules.edit.output],
     "05_graphs": [rules.attribution.output],

@@ -6,6 +6,8 @@ splitting  only the matrices of `feature_splitting.matrices`, each at round(m x 
            with C from decompose.matrices; steps, warm-up, batch size and sequence length from the
            `feature_splitting` section where it sets them.
 seed       the decompose section unchanged (the stage runs it at the variant's seed).
+adversary  `adversary_ablation.steps` steps; without the adversary, coeffs.adversarial_recon 0
+           (no PGD sources are kept or trained).
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import torch.nn as nn
 from vpd.config import ProjectConfig
 from vpd.decomp.components import match_matrices
 from vpd.decomp.config import DecompositionConfig, MatrixSpec
-from vpd.sweeps import VariantJob
+from vpd.sweeps import VariantJob, variant_steps
 from vpd.utils.errors import InputError
 
 
 def variant_config(base: DecompositionConfig, **changes) -> DecompositionConfig:
     """`base` with top-level keys replaced (None keeps the base value); `importance_minimality=x`
-    sets coeffs.importance_minimality. The result is validated like a config file's section."""
+    sets coeffs.importance_minimality (and `adversarial_recon=x` coeffs.adversarial_recon). The result is validated like a config file's section."""
     data = base.to_dict()
-    if "importance_minimality" in changes:
-        data["coeffs"]["importance_minimality"] = float(changes.pop("importance_minimality"))
+    for coeff in ("importance_minimality", "adversarial_recon"):
+        if coeff in changes:
+            data["coeffs"][coeff] = float(changes.pop(coeff))
     unknown = set(changes) - set(data)
     if unknown:
         raise KeyError(f"unknown decompose keys {sorted(unknown)}")
@@ -49,6 +52,9 @@ def variant_decompose_config(cfg: ProjectConfig, job: VariantJob, target: nn.Mod
     if job.purpose == "pareto":
         return variant_config(cfg.decompose, importance_minimality=job.importance_minimality,
                               steps=cfg.baselines.vpd_steps)
+    if job.purpose == "adversary":
+        changes = {} if job.adversary else {"adversarial_recon": 0.0}
+        return variant_config(cfg.decompose, steps=variant_steps(cfg, job), **changes)
     fs = cfg.feature_splitting
     specs = [{"pattern": n, "C": max(1, round(job.C_multiplier * c))} for n, c in splitting_matrices(cfg, target).items()]
     return variant_config(cfg.decompose, matrices=specs, steps=fs.steps,

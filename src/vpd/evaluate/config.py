@@ -1,5 +1,5 @@
-"""Configuration of the `evaluate` stage and of the `feature_splitting` stage (the `evaluate:` and
-`feature_splitting:` sections of a project config)."""
+"""Configuration of the `evaluate`, `feature_splitting` and `adversary_ablation` stages (their
+sections of a project config)."""
 
 from __future__ import annotations
 
@@ -118,3 +118,28 @@ class FeatureSplittingConfig(BaseModel):
         if len(v) < 2 or any(n < 1 for n in v) or sorted(set(v)) != v:
             raise ValueError("n_latents must be at least two increasing positive dictionary sizes")
         return v
+
+
+class AdversaryAblationConfig(BaseModel):
+    """The adversary's contribution: CE with every ablated subcomponent at one fixed source value r
+    (mask CI + (1 - CI) r, Δ at r), for a VPD run and the same run without the adversary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="train the two runs and compare them (false skips the comparison)")
+    steps: Optional[int] = Field(
+        None, ge=1, description="VPD optimisation steps of each of the two runs (default: decompose.steps); the rest "
+        "of the schedule as in decompose, the adversary-free run with coeffs.adversarial_recon 0",
+    )
+    source_values: list[float] = Field(
+        default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
+        description="fixed source values r in [0, 1]: 0 ablates every subcomponent down to its CI, 1 is the target",
+    )
+
+    @field_validator("source_values")
+    @classmethod
+    def _in_unit_interval(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= r <= 1.0 for r in v):
+            raise ValueError(f"source_values must be a non-empty list of values in [0, 1], got {v}")
+        return sorted(set(v))
+

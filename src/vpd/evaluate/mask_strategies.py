@@ -90,6 +90,21 @@ def standard_strategies(thresholds: Iterable[float] = (0.0, 0.1, 0.5)) -> dict[s
     return out
 
 
+def source_name(r: float) -> str:
+    return f"source_{r:g}"
+
+
+def fixed_source(r: float) -> MaskFn:
+    """Every subcomponent at mask CI + (1 - CI) r and Δ at r: r = 1 is the target's weights, r = 0
+    keeps each subcomponent only as far as its CI says (the adversary-vs-no-adversary comparison)."""
+
+    def masks(ci, gen):
+        return ({n: g + (1 - g) * r for n, g in ci.items()},
+                {n: torch.full(g.shape[:-1], float(r), device=g.device) for n, g in ci.items()})
+
+    return masks
+
+
 def restrict(fn: MaskFn, keep: Callable[[str], bool]) -> MaskFn:
     """Apply `fn` only to matrices with keep(name); the others run their original weight."""
 

@@ -60,6 +60,8 @@ SECTIONS: list[Section] = [
         Item("fig:generations-showcase", "evaluation/generations.md"),
         Item("seeds: headline numbers", "seeds/headline.csv"),
         Item("tab:seed-mmcs", "seeds/seed_mmcs.csv", "VPD U 0.48, V 0.52; PLT local-MSE 0.81; CLT 0.61; at init ~0.13"),
+        Item("fig:adv-vs-no-adv", "adversary_ablation/fig_adv-vs-no-adv.png", "no-adversary run is much worse at small r"),
+        Item("CE at fixed source values", "adversary_ablation/ce_vs_source.csv"),
         Item("tab:num-components-per-layer", "evaluation/l0_by_layer.csv", "L0 total 205.0 (44.6/18.9/49.5/92.0); alive 9,972 / 38,912"),
         Item("fig compute recovered", "evaluation/fig_compute_recovered.png"),
         Item("fig PGD", "evaluation/fig_pgd.png"),
@@ -155,8 +157,15 @@ def _graph_json(path: Path) -> str:
             f"{_fmt(s.get('p_stochastic'))} stoch / {_fmt(s.get('p_adversarial'))} adversarial")
 
 
+def _adversary_ablation(path: Path) -> str:
+    df = pd.read_csv(path)
+    low = df[df["r"] == df["r"].min()].set_index("run")["ce_increase"]
+    return f"CE increase at r = {df['r'].min():g}: " + ", ".join(f"{run} {v:.3f}" for run, v in low.items())
+
+
 SUMMARIES: dict[str, Callable[[Path], str]] = {
     "target/curve.csv": _curve,
+    "adversary_ablation/ce_vs_source.csv": _adversary_ablation,
     "target/config.json": _target_config,
     "attention/summary.json": _attention_summary,
 }
@@ -186,16 +195,19 @@ def csv_markdown(path: Path, max_rows: int = 16) -> str:
 
 
 def render(cfg, results_dir: Path, paper_dir: Path) -> str:
-    """The README text; links are relative to paper_dir."""
+    """The README text. Outputs are linked at their copies in paper_dir (`report_copies`), so the
+    folder reads on its own, e.g. when committed without the rest of the run."""
     results_dir, paper_dir = Path(results_dir), Path(paper_dir)
+    copies = report_copies(cfg, results_dir)
 
     lines = [f"# Paper outputs of run `{cfg.name}`", "",
-             f"Code: commit `{source_commit()}`; config `{cfg.name}`, sha256 of its resolved values "
+             f"Rendered by the code at commit `{source_commit()}`; config `{cfg.name}`, sha256 of its resolved values "
              f"`{config_digest(cfg.model_dump(mode='json'))}`.", "",
              "Every output of this run by paper section, with the paper's number beside ours. The paper's target is "
              "a 67M-parameter model on the Pile; this run's scale is set by its config, so compare directions and "
-             "sizes of effects rather than absolute values. Executed notebooks: `../notebooks/`. Each output with a "
-             "paper label is also copied into this folder under its label (e.g. `fig_pareto-mse.png`).", ""]
+             "sizes of effects rather than absolute values. Executed notebooks: `../notebooks/`. Every file linked "
+             "here is a copy in this folder: an output with a paper label under its label (e.g. "
+             "`fig_pareto-mse.png`), any other under its path in the run.", ""]
     for section in sections_for(cfg):
         nb = results_dir / "notebooks" / f"{section.key}.ipynb"
         nb_link = f" ([notebook]({os.path.relpath(nb, paper_dir)}))" if nb.exists() else ""
@@ -203,7 +215,7 @@ def render(cfg, results_dir: Path, paper_dir: Path) -> str:
         extras = []
         for item in section.items:
             path = results_dir / item.path
-            rel = os.path.relpath(path, paper_dir)
+            rel = copies[path]
             if path.exists():
                 lines.append(f"| {item.label} | [{item.path}]({rel}) | {item.paper} | {summarize(path, item.path)} |")
                 if item.path.endswith(".png"):
@@ -224,31 +236,40 @@ def render(cfg, results_dir: Path, paper_dir: Path) -> str:
 PAPER_LABEL_PREFIXES = ("fig:", "tab:", "graph:")
 
 
-def labelled_copies(cfg, results_dir: Path) -> dict[Path, str]:
-    """{source file: paper/ file name} for every output that carries a paper label.
+def label_stem(label: str) -> str:
+    """The file stem of a paper label: `fig:pareto-mse` -> fig_pareto-mse, `graph:princess (ci_only)`
+    -> graph_princess_ci_only; a graph's figure shares its graph's stem."""
+    label = label.removesuffix(" figure")
+    stem = label.split(" (")[0].replace(":", "_")
+    return stem + ("_" + label.split(" (")[1].rstrip(")") if " (" in label else "")
 
-    `fig:pareto-mse` at baselines/fig_pareto.png becomes paper/fig_pareto-mse.png (plus the PDF
-    next to a PNG), so each paper figure and table has one file named after its label.
+
+def report_copies(cfg, results_dir: Path) -> dict[Path, str]:
+    """{source file: its path inside paper/} for every output the README lists.
+
+    An output with a paper label goes under its label, so each paper figure and table has one
+    file named after it (`fig:pareto-mse` at baselines/fig_pareto.png -> fig_pareto-mse.png, plus
+    the PDF beside a PNG); any other output keeps its path in the run (evaluation/...).
     """
     copies: dict[Path, str] = {}
     for section in sections_for(cfg):
         for item in section.items:
-            if not item.label.startswith(PAPER_LABEL_PREFIXES):
-                continue
-            label = item.label.removesuffix(" figure")  # a graph's figure sits beside its JSON
-            stem = label.split(" (")[0].replace(":", "_") + ("_" + label.split(" (")[1].rstrip(")") if " (" in label else "")
             src = Path(results_dir) / item.path
-            copies[src] = stem + src.suffix
+            if not item.label.startswith(PAPER_LABEL_PREFIXES):
+                copies.setdefault(src, item.path)
+                continue
+            copies[src] = label_stem(item.label) + src.suffix
             if src.suffix == ".png":
-                copies[src.with_suffix(".pdf")] = stem + ".pdf"
+                copies[src.with_suffix(".pdf")] = label_stem(item.label) + ".pdf"
     return copies
 
 
 def run_report(cfg, results_dir: Path, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for src, name in labelled_copies(cfg, Path(results_dir)).items():
+    for src, name in report_copies(cfg, Path(results_dir)).items():
         if src.is_file():
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             write_bytes(out_dir / name, src.read_bytes())
     write_text(out_dir / "README.md", render(cfg, Path(results_dir), out_dir))
     log.info("report: %s", out_dir / "README.md")
