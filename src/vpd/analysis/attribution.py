@@ -49,10 +49,6 @@ class AttributionGraph:
     logits: torch.Tensor  # [V] the CI-masked logits at target_pos
     info: dict = field(default_factory=dict)
 
-    @property
-    def n_subcomponent_nodes(self) -> int:
-        return sum(n.kind == "subcomponent" for n in self.nodes)
-
     def influence(self) -> torch.Tensor:
         """Each node's total influence on the logit (circuit-tracer style): rows of |A| normalised to
         sum 1, then the logit row of (I - Â)^-1 - I, i.e. the summed weight of all paths."""

@@ -69,11 +69,6 @@ class CIAccumulator:
             raise ValueError("CIAccumulator has seen no tokens")
         return {n: s / self.n_tokens for n, s in self.ci_sum.items()}
 
-    def firing_rate(self, threshold: float = 0.0) -> dict[str, torch.Tensor]:
-        """Fraction of tokens on which each subcomponent has g > threshold: name -> [C]."""
-        t = self._check(threshold)
-        return {n: a.double() / self.n_tokens for n, a in self.active[t].items()}
-
     def l0_per_matrix(self, threshold: float = 0.0) -> dict[str, float]:
         t = self._check(threshold)
         return {n: a.sum().item() / self.n_tokens for n, a in self.active[t].items()}

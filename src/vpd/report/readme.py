@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pandas as pd
 
@@ -273,8 +273,3 @@ def run_report(cfg, results_dir: Path, out_dir: Path) -> None:
             write_bytes(out_dir / name, src.read_bytes())
     write_text(out_dir / "README.md", render(cfg, Path(results_dir), out_dir))
     log.info("report: %s", out_dir / "README.md")
-
-
-def item_paths(cfg, key: Optional[str] = None) -> list[str]:
-    """Relative paths of the outputs of one section (or all)."""
-    return [i.path for s in sections_for(cfg) if key in (None, s.key) for i in s.items]

@@ -133,11 +133,6 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def local_world_size() -> int:
-    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-
-
 def init_distributed(world_size: int, key: str) -> Dist:
     """The Dist for a stage whose config asks for `world_size` processes (`key` names that
     setting in errors). Under torchrun: joins the process group (nccl on GPU, gloo on CPU)."""
