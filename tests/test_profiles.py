@@ -76,7 +76,7 @@ def test_paper_scale_under_the_slurm_profile_plans_every_training_job_on_gpus():
     transcoders = {w: r for (rule, w), r in jobs.items() if rule == "transcoder"}
     variants = {w: r for (rule, w), r in jobs.items() if rule == "decompose_variant"}
     assert sorted(transcoders) == sorted(j.name for j in transcoder_jobs(cfg)) and len(transcoders) == 16
-    assert sorted(variants) == sorted(j.name for j in variant_jobs(cfg)) and len(variants) == 6
+    assert sorted(variants) == sorted(j.name for j in variant_jobs(cfg)) and len(variants) == 8  # 2 coeff, 4 split, 2 adversary
     for name, r in transcoders.items():
         assert r["slurm_partition"] == "YOUR_GPU_PARTITION" and int(r["gpu"]) == 1, name
         assert int(r["runtime"]) == math.ceil(1.25 * cfg.baselines.train.steps * 0.1 / 60) == 105, name  # 50k steps
