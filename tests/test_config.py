@@ -114,15 +114,17 @@ def test_dry_run_builds_full_dag(name, tmp_path):
     for rule in ["corpus", "tokenizer", "train_target", "decompose", "evaluate", "baselines", "feature_splitting"]:
         assert rule in res.stdout
     # one job per trained model of the sweeps, each under its own name
-    from vpd.sweeps import transcoder_jobs, variant_jobs
+    from vpd.sweeps import seed_transcoders, transcoder_jobs, variant_jobs
 
     cfg = parse_config(_load(name))
     blocks = res.stdout.split("\nrule ")
     transcoders = sorted(b.split("wildcards: transcoder=")[1].split()[0] for b in blocks if b.startswith("transcoder:"))
     variants = sorted(b.split("wildcards: variant=")[1].split()[0] for b in blocks if b.startswith("decompose_variant:"))
-    assert transcoders == sorted(j.name for j in transcoder_jobs(cfg))
+    seeded = [j.name for by_seed in seed_transcoders(cfg).values() for j in by_seed.values() if j.seed is not None]
+    assert transcoders == sorted([j.name for j in transcoder_jobs(cfg)] + seeded)
+    assert len(seeded) == len(cfg.baselines.kinds) * len(set(cfg.seeds) - {cfg.seed})
     assert variants == sorted(j.name for j in variant_jobs(cfg))
-    assert len(transcoders) == len(cfg.baselines.kinds) * len(cfg.baselines.n_latents) * len(cfg.baselines.k)
+    assert len(transcoders) - len(seeded) == len(cfg.baselines.kinds) * len(cfg.baselines.n_latents) * len(cfg.baselines.k)
     assert len(variants) == (len(cfg.baselines.vpd_importance_coeffs) + len(cfg.feature_splitting.c_multipliers)
                              + len(set(cfg.seeds) - {cfg.seed}) + 2 * cfg.adversary_ablation.enabled)
     # the training stages go through torchrun exactly when the config asks for several processes
@@ -223,6 +225,12 @@ def test_seeds_dry_run_lists_one_decomposition_and_one_evaluation_per_seed(tmp_p
     assert decompositions == evaluations == extra  # the seed equal to `seed` is the main decomposition
     assert sum(b.startswith("decompose:") for b in blocks) == sum(b.startswith("evaluate:") for b in blocks) == 1
     assert sum(b.startswith("seeds:") for b in blocks) == 1
+    # and one transcoder per kind and extra seed, the largest dictionary of the baselines sweep
+    cfg = _load("config.yaml")["baselines"]
+    transcoders = sorted(b.split("wildcards: transcoder=")[1].split()[0] for b in blocks
+                         if b.startswith("transcoder:") and "_s" in b.split("wildcards: transcoder=")[1].split()[0])
+    assert transcoders == sorted(f"{kind}_L{max(cfg['n_latents'])}_k{max(cfg['k'])}_s{s}" for kind in cfg["kinds"]
+                                 for s in seeds if s != 0)
     for name in extra:
         assert f"--variant {name} --out results/default/variants/{name}" in res.stdout
         assert f"--decomposition results/default/variants/{name} --out results/default/variants/{name}/evaluation" in res.stdout

@@ -60,6 +60,61 @@ def test_factors_mmcs_uses_alive_sets_and_weights_matrices_by_them():
     out = factors_mmcs(a, b, alive_all, alive_b)
     assert out["U"] == pytest.approx(1 / 3) and out["n"] == 3
     table = seed_mmcs_table({0: a, 1: b}, {0: alive_all, 1: alive_all})
-    assert table["run_a"].tolist() == ["seed 0", "seed 1", "random init"]
+    assert table["run_a"].tolist() == ["seed 0", "seed 1", "random init"] and table["method"].iloc[0] == "VPD"
     assert table.loc[0, "U"] == 1.0 and table.loc[0, "paper_U"] == 0.48
     assert 0 < table.loc[2, "U"] < 1  # two random draws of 3-vectors
+
+
+def test_seed_transcoders_are_the_largest_dictionary_per_kind_at_each_extra_seed():
+    import zlib
+
+    from vpd.config import parse_config
+    from vpd.sweeps import TranscoderJob, find_transcoder, seed_transcoders
+    from tests.test_config import _load
+
+    cfg = parse_config({**_load("ci.yaml"), "seeds": [0, 1, 2]})
+    jobs = seed_transcoders(cfg)
+    assert sorted(jobs) == ["clt", "plt"]
+    assert {s: j.name for s, j in jobs["plt"].items()} == {0: "plt_L256_k8", 1: "plt_L256_k8_s1", 2: "plt_L256_k8_s2"}
+    assert find_transcoder(cfg, "clt_L256_k8_s2") == TranscoderJob("clt", 256, 8, seed=2)
+    # the baselines job keeps its initialisation; a seed job starts where a run at that seed would
+    crc = zlib.crc32(b"plt_L256_k8")
+    assert jobs["plt"][0].init_seed(0) == crc
+    assert jobs["plt"][2].init_seed(0) == 2 * 1_000_003 + crc == jobs["plt"][0].init_seed(2)
+    assert jobs["plt"][2].run_seed(0) == 2 and jobs["plt"][0].run_seed(5) == 5
+    assert seed_transcoders(parse_config({**_load("ci.yaml"), "seeds": []})) == {}
+
+
+def test_transcoder_factors_and_mmcs_rows():
+    from vpd.baselines.transcoders import Transcoder
+    from vpd.evaluate.seeds import transcoder_factors
+
+    g = torch.Generator().manual_seed(0)
+    a = Transcoder("clt", 2, 3, 4, 5, 2, generator=g)
+    b = Transcoder("clt", 2, 3, 4, 5, 2, generator=g)
+    with torch.no_grad():  # b = a with its latents in another order
+        perm = torch.tensor([4, 3, 2, 1, 0])
+        b.W_enc.copy_(a.W_enc[:, :, perm])
+        for i in range(2):
+            b.W_dec[i].copy_(a.W_dec[i][perm])
+    a.since_fired[0, 0] = 10  # dead by a 10-token criterion
+    fa, alive_a = transcoder_factors(a, dead_tokens=10)
+    fb, alive_b = transcoder_factors(b, dead_tokens=10)
+    V, U = fa["layer 1"]
+    assert V.shape == (3, 5) and U.shape == (5, 1 * 4)  # layer 1 of a 2-layer CLT writes to one layer
+    assert fa["layer 0"][1].shape == (5, 2 * 4)  # layer 0 writes to both
+    assert alive_a["layer 0"].tolist() == [False, True, True, True, True] and alive_a["layer 1"].all()
+    table = seed_mmcs_table({0: {"m": (torch.eye(2), torch.eye(2))}, 1: {"m": (torch.eye(2), torch.eye(2))}},
+                            {0: {"m": torch.tensor([True, True])}, 1: {"m": torch.tensor([True, True])}},
+                            {"clt": ({0: fa, 1: fb}, {0: alive_a, 1: alive_b})})
+    assert table["method"].tolist() == ["VPD", "VPD", "CLT", "CLT", "random init"]
+    clt = table[table["method"] == "CLT"]
+    # a -> b: every alive latent of a finds itself in b. b -> a: b's latent 4 is a's dead latent 0, so it
+    # finds only its best other match in layer 0; the other 4 + 5 find themselves.
+    lone = {k: mmcs(vecs[[4]] if k == "U" else vecs.T[[4]], ref[1:] if k == "U" else ref.T[1:])
+            for k, vecs, ref in (("U", fb["layer 0"][1], fa["layer 0"][1]), ("V", fb["layer 0"][0], fa["layer 0"][0]))}
+    assert lone["U"] < 1 and lone["V"] < 1
+    assert clt["U"].tolist() == pytest.approx([1.0, (9 + lone["U"]) / 10])
+    assert clt["V"].tolist() == pytest.approx([1.0, (9 + lone["V"]) / 10])
+    assert clt["n_alive"].tolist() == [4 + 5, 5 + 5]  # a's dead latent is not compared; b has none dead
+    assert clt["paper_U"].tolist() == [0.61, 0.61] and clt["paper_V"].isna().all()

@@ -97,7 +97,8 @@ def test_ci_dag_end_to_end(tmp_path):
     headline = pd.read_csv(out / "seeds/headline.csv").set_index("quantity")
     assert headline.loc["L0 (CI > 0)", "n"] == 2 and headline.loc["PGD-20 KL", "n"] == 2
     mmcs = pd.read_csv(out / "seeds/seed_mmcs.csv")
-    assert mmcs["run_a"].tolist() == ["seed 0", "seed 1", "random init"]
+    assert mmcs["method"].tolist() == ["VPD", "VPD", "PLT", "PLT", "CLT", "CLT", "random init"]
+    assert mmcs.loc[mmcs["method"] == "PLT", "n_alive"].gt(0).all() and mmcs["U"].between(0, 1).all()
     pareto = pd.read_csv(out / "baselines/pareto.csv")
     assert not pareto.duplicated(["method", "setting"]).any() and set(pareto["method"]) == {"VPD", "PLT", "CLT"}
     assert len(pareto) == 2 * 2 * 2 + 3 * 2  # (plt, clt) x 2 sizes x 2 k; 3 thresholds x (main + 1 coefficient)
@@ -129,11 +130,11 @@ def test_ci_dag_end_to_end(tmp_path):
             path = out / folders[kind] / name if kind in folders else out / key
             assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), (stage, key)
     # One job folder per trained model of the sweeps, each with its own log and benchmark.
-    assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8
+    assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8 + 2  # + plt/clt at seed 1
     assert sorted(p.name for p in (out / "variants").iterdir()) == ["adversary_off", "adversary_on", "coeff_0.002",
                                                                     "seed_1", "split_0.5x", "split_1x", "split_2x",
                                                                     "split_4x"]
-    assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8
+    assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8 + 2
     assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 8
     ablation = pd.read_csv(out / "adversary_ablation" / "ce_vs_source.csv")
     assert sorted(set(ablation["run"])) == ["adversary_off", "adversary_on"] and len(ablation) == 6

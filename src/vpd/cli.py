@@ -73,7 +73,7 @@ def _stage_seeds(cfg, args):
     from vpd.stages.seeds import run_seeds
 
     run_seeds(cfg, Path(args.target), Path(args.tokens), Path(args.decomposition), Path(args.evaluation),
-              Path(args.variants), Path(args.out))
+              Path(args.variants), Path(args.transcoders), Path(args.out))
 
 
 def _stage_adversary_ablation(cfg, args):
@@ -128,7 +128,7 @@ STAGES = {
     "transcoder": (_stage_transcoder, ["target", "tokens"]),
     "baselines": (_stage_baselines, ["target", "tokens", "decomposition", "transcoders"]),
     "feature_splitting": (_stage_feature_splitting, ["target", "tokens", "transcoders", "variants"]),
-    "seeds": (_stage_seeds, ["target", "tokens", "decomposition", "evaluation", "variants"]),
+    "seeds": (_stage_seeds, ["target", "tokens", "decomposition", "evaluation", "variants", "transcoders"]),
     "adversary_ablation": (_stage_adversary_ablation, ["target", "tokens", "variants"]),
     "harvest": (_stage_harvest, ["target", "tokens", "decomposition"]),
     "edit": (_stage_edit, ["target", "tokens", "decomposition"]),

@@ -3,7 +3,8 @@
 Torch-free: the Snakefile lists these jobs while it builds the DAG.
 
 Transcoders: every (kind, n_latents, k) of `baselines` (the feature-splitting grid is a subset,
-checked by the config). VPD variants: one decomposition per `baselines.vpd_importance_coeffs`
+checked by the config), and for the seeds comparison the largest dictionary of each kind (largest
+n_latents at the largest k) once more per entry of `seeds` other than the run's `seed`. VPD variants: one decomposition per `baselines.vpd_importance_coeffs`
 entry (importance-minimality sweep, `baselines.vpd_steps` steps), one per
 `feature_splitting.c_multipliers` entry (the MLP matrices at m x C) and one per entry of `seeds`
 other than the run's `seed` (the main decomposition at another seed). A variant's job folder name
@@ -24,16 +25,25 @@ class TranscoderJob:
     kind: Literal["plt", "clt"]
     n_latents: int
     k: int
+    seed: Optional[int] = None  # seeds comparison: trained at this seed instead of the run's
+
+    @property
+    def shape_name(self) -> str:
+        return f"{self.kind}_L{self.n_latents}_k{self.k}"
 
     @property
     def name(self) -> str:
-        """Folder and job name, e.g. `plt_L4096_k16`."""
-        return f"{self.kind}_L{self.n_latents}_k{self.k}"
+        """Folder and job name, e.g. `plt_L4096_k16`, or `plt_L4096_k16_s1` at seed 1."""
+        return self.shape_name if self.seed is None else f"{self.shape_name}_s{self.seed}"
+
+    def run_seed(self, seed: int) -> int:
+        """The seed this job trains at, given the run's `seed`."""
+        return seed if self.seed is None else self.seed
 
     def init_seed(self, seed: int) -> int:
-        """Seed of this transcoder's initialisation: the run seed mixed with its name (crc32, stable
-        across processes), so each job starts the same wherever and whenever it runs."""
-        return (seed * 1_000_003 + zlib.crc32(self.name.encode())) % 2**63
+        """Seed of this transcoder's initialisation: its run seed mixed with its shape's name (crc32,
+        stable across processes), so each job starts the same wherever and whenever it runs."""
+        return (self.run_seed(seed) * 1_000_003 + zlib.crc32(self.shape_name.encode())) % 2**63
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,17 @@ def transcoder_jobs(cfg: ProjectConfig) -> list[TranscoderJob]:
 def splitting_transcoders(cfg: ProjectConfig) -> list[TranscoderJob]:
     fs = cfg.feature_splitting
     return [TranscoderJob(kind, n, fs.k) for kind in fs.kinds for n in fs.n_latents]
+
+
+def seed_transcoders(cfg: ProjectConfig) -> dict[str, dict[int, TranscoderJob]]:
+    """Transcoders of the seeds comparison: kind -> {seed: job}, the largest dictionary of the
+    baselines sweep at every entry of `seeds` (the run's own seed is the baselines job itself)."""
+    if not cfg.seeds:
+        return {}
+    b = cfg.baselines
+    n, k = max(b.n_latents), max(b.k)
+    return {kind: {s: TranscoderJob(kind, n, k, seed=None if s == cfg.seed else s) for s in cfg.seeds}
+            for kind in b.kinds}
 
 
 def coeff_variant_name(coeff: float) -> str:
@@ -96,9 +117,11 @@ def seed_runs(cfg: ProjectConfig) -> dict[int, Optional[str]]:
 
 def find_transcoder(cfg: ProjectConfig, name: str) -> TranscoderJob:
     """The transcoder job called `name`; a name outside the configured sweep is a ConfigError naming them."""
-    jobs = {j.name: j for j in transcoder_jobs(cfg)}
+    seeded = [j for by_seed in seed_transcoders(cfg).values() for j in by_seed.values()]
+    jobs = {j.name: j for j in transcoder_jobs(cfg) + seeded}
     if name not in jobs:
-        raise ConfigError(f"transcoder {name!r} is not in the baselines sweep (kinds x n_latents x k: {sorted(jobs)})")
+        raise ConfigError(f"transcoder {name!r} is not in the baselines sweep (kinds x n_latents x k) or the seeds "
+                          f"comparison: {sorted(jobs)}")
     return jobs[name]
 
 

@@ -6,7 +6,7 @@
 
 
 wildcard_constraints:
-    transcoder=r"(plt|clt)_L\d+_k\d+",
+    transcoder=r"(plt|clt)_L\d+_k\d+(_s\d+)?",
 
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vpd.config import ConfigError, parse_config  # noqa: E402
-from vpd.sweeps import splitting_transcoders, transcoder_jobs, variant_jobs, variant_steps  # noqa: E402
+from vpd.sweeps import seed_transcoders, splitting_transcoders, transcoder_jobs, variant_jobs, variant_steps  # noqa: E402
 from vpd.utils.io import write_yaml  # noqa: E402
 
 try:

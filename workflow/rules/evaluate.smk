@@ -82,6 +82,8 @@ rule seeds:
         variants=variant_files("seed"),
         seed_evaluations=[f"{RESULTS}/variants/{n}/evaluation/{f}" for n in seed_variant_names()
                           for f in EVALUATION_FILES.values()],
+        transcoders=transcoder_files(job.name for by_seed in seed_transcoders(PROJECT).values()
+                                     for job in by_seed.values()),
         resolved_config=CONFIG_INPUT,
     output:
         headline=f"{RESULTS}/seeds/headline.csv",
@@ -95,6 +97,7 @@ rule seeds:
         decomposition=folder_of("decomposition"),
         evaluation=folder_of("evaluation"),
         variants=sweep_folder("variants"),
+        transcoders=sweep_folder("transcoders"),
         out=folder_of("output"),
     log:
         f"{RESULTS}/logs/seeds.log",
@@ -109,7 +112,7 @@ rule seeds:
     shell:
         "python -m vpd seeds --config {input.resolved_config} --threads {threads} --target {params.target} "
         "--tokens {params.tokens} --decomposition {params.decomposition} --evaluation {params.evaluation} "
-        "--variants {params.variants} --out {params.out} 2>&1 | tee {log}"
+        "--variants {params.variants} --transcoders {params.transcoders} --out {params.out} 2>&1 | tee {log}"
 
 
 # fig:adv-vs-no-adv: CE at fixed source values r for the main config trained with and without the

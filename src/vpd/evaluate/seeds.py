@@ -4,8 +4,10 @@ the subcomponents of different seeds are (the paper's tab:seed-mmcs).
 Headline quantities are read from each seed's evaluation folder (the evaluate stage's tables).
 MMCS (mean max cosine similarity) of run a against run b: for every alive subcomponent c of a,
 the largest |cos| between its vector (U_c or V_c) and the vectors of b's alive subcomponents of
-the same matrix, averaged over c (|cos| because U_c V_c^T = (-U_c)(-V_c)^T). The reference row
-compares two random initialisations of the same shapes (the paper: about 0.13 at init).
+the same matrix, averaged over c (|cos| because U_c V_c^T = (-U_c)(-V_c)^T). Transcoders of
+different seeds are compared the same way, latent by latent within each layer (decoder as U,
+encoder as V). The reference row compares two random initialisations of the same shapes (the
+paper: about 0.13 at init).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vpd.evaluate.paper import ALIVE, L0_TOTAL, MASK_STRATEGIES, PGD_KL, TOTAL_C
 
 HEADLINE_COLUMNS = ["quantity", "mean", "std", "min", "max", "n", "paper"]
 MMCS_PAPER = {"U": 0.48, "V": 0.52}
+MMCS_PAPER_TRANSCODER = {"plt": 0.81, "clt": 0.61}  # PLT trained on local MSE
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # matrix -> (V [d_in, C], U [C, d_out])
 
@@ -103,19 +106,45 @@ def random_factors(like: Factors, seed: int) -> Factors:
     return {n: (torch.randn(V.shape, generator=g), torch.randn(U.shape, generator=g)) for n, (V, U) in like.items()}
 
 
-def seed_mmcs_table(runs: Mapping[int, Factors], alive: Mapping[int, Mapping[str, torch.Tensor]]) -> pd.DataFrame:
-    """Rows (run_a, run_b, U, V, n_alive, paper_U, paper_V) for every ordered pair of seeds, plus a
-    "random init" row comparing two random draws of the first seed's shapes on its alive set."""
-    seeds = list(runs)
+def transcoder_factors(tc, dead_tokens: int) -> tuple[Factors, dict[str, torch.Tensor]]:
+    """A transcoder in the Factors layout, per layer i: V = encoder W_enc[i] [d_in, L] (the input
+    direction, as VPD's V), U = decoder W_dec[i] flattened over its target layers [L, n_t * d_out]
+    (the output direction, as VPD's U); and its alive latents per layer (fired within the last
+    `dead_tokens` training tokens, the training's own dead criterion, kept in the checkpoint)."""
+    factors = {f"layer {i}": (tc.W_enc[i].detach().cpu(), tc.W_dec[i].detach().flatten(1).cpu())
+               for i in range(tc.n_layer)}
+    alive = {f"layer {i}": tc.since_fired[i].cpu() < dead_tokens for i in range(tc.n_layer)}
+    return factors, alive
+
+
+def pairwise_rows(method: str, runs: Mapping[int, Factors], alive: Mapping[int, Mapping[str, torch.Tensor]],
+                  paper: Mapping[str, float]) -> list[dict]:
+    """One row per ordered pair of seeds of one method."""
     rows = []
-    for a in seeds:
-        for b in seeds:
+    for a in runs:
+        for b in runs:
             if a != b:
                 m = factors_mmcs(runs[a], runs[b], alive[a], alive[b])
-                rows.append({"run_a": f"seed {a}", "run_b": f"seed {b}", "U": m["U"], "V": m["V"], "n_alive": m["n"],
-                             "paper_U": MMCS_PAPER["U"], "paper_V": MMCS_PAPER["V"]})
-    first = seeds[0]
+                rows.append({"method": method, "run_a": f"seed {a}", "run_b": f"seed {b}", "U": m["U"], "V": m["V"],
+                             "n_alive": m["n"], "paper_U": paper.get("U", np.nan), "paper_V": paper.get("V", np.nan)})
+    return rows
+
+
+MMCS_COLUMNS = ["method", "run_a", "run_b", "U", "V", "n_alive", "paper_U", "paper_V"]
+
+
+def seed_mmcs_table(runs: Mapping[int, Factors], alive: Mapping[int, Mapping[str, torch.Tensor]],
+                    transcoders: Mapping[str, tuple[Mapping[int, Factors], Mapping[int, Mapping[str, torch.Tensor]]]] = {},
+                    ) -> pd.DataFrame:
+    """Rows (method, run_a, run_b, U, V, n_alive, paper_U, paper_V) for every ordered pair of VPD
+    seeds, then of each transcoder kind's seeds (U: decoder, V: encoder; the paper gives one number
+    per kind, listed under U), plus a "random init" row comparing two random draws of the first VPD
+    seed's shapes on its alive set."""
+    rows = pairwise_rows("VPD", runs, alive, MMCS_PAPER)
+    for kind, (tc_runs, tc_alive) in transcoders.items():
+        rows += pairwise_rows(kind.upper(), tc_runs, tc_alive, {"U": MMCS_PAPER_TRANSCODER.get(kind, np.nan)})
+    first = next(iter(runs))
     m = factors_mmcs(random_factors(runs[first], 1), random_factors(runs[first], 2), alive[first], alive[first])
-    rows.append({"run_a": "random init", "run_b": "random init", "U": m["U"], "V": m["V"], "n_alive": m["n"],
-                 "paper_U": 0.13, "paper_V": 0.13})
-    return pd.DataFrame(rows, columns=["run_a", "run_b", "U", "V", "n_alive", "paper_U", "paper_V"])
+    rows.append({"method": "random init", "run_a": "random init", "run_b": "random init", "U": m["U"], "V": m["V"],
+                 "n_alive": m["n"], "paper_U": 0.13, "paper_V": 0.13})
+    return pd.DataFrame(rows, columns=MMCS_COLUMNS)

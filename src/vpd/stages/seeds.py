@@ -1,10 +1,12 @@
 """The `seeds` stage: the headline numbers over decomposition seeds, and seed MMCS.
 
 Reads   <target>/, <tokens>/val.bin, <decomposition>/ and <evaluation>/ (the main run, seed `seed`),
-        <variants>/seed_<s>/ and <variants>/seed_<s>/evaluation/ for every other entry of `seeds`
+        <variants>/seed_<s>/ and <variants>/seed_<s>/evaluation/ for every other entry of `seeds`,
+        <transcoders>/<job>/ for the seeds comparison's transcoders (`vpd.sweeps.seed_transcoders`)
 Writes  <out>/{headline.csv, seed_mmcs.csv, final_config.yaml}
 
-Alive sets for MMCS: mean CI > evaluate.alive_eps on the evaluation's held-out windows.
+Alive sets for MMCS: VPD, mean CI > evaluate.alive_eps on the evaluation's held-out windows;
+transcoders, latents that fired within the last baselines.train.dead_tokens training tokens.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from vpd.data.tokens import eval_windows
 from vpd.decomp import Decomposition
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
-from vpd.evaluate.seeds import Factors, headline_table, seed_mmcs_table
-from vpd.sweeps import seed_runs
+from vpd.baselines.transcoders import Transcoder
+from vpd.evaluate.seeds import Factors, headline_table, seed_mmcs_table, transcoder_factors
+from vpd.sweeps import seed_runs, seed_transcoders
 from vpd.target.model import load_target
 from vpd.utils.errors import InputError
 from vpd.utils.io import write_csv, write_yaml
@@ -45,7 +48,7 @@ def alive_masks(dec, windows: torch.Tensor, batch_size: int, eps: float, device)
 
 
 def run_seeds(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, evaluation_dir: Path,
-              variants_dir: Path, out_dir: Path) -> None:
+              variants_dir: Path, transcoders_dir: Path, out_dir: Path) -> None:
     runs = seed_runs(cfg)
     if not runs:
         raise InputError("the seeds stage needs `seeds` in the config (at least two distinct seeds)")
@@ -54,6 +57,13 @@ def run_seeds(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposit
     for s, f in evals.items():
         if not (f / "firing_counts.csv").exists():
             raise InputError(f"seed {s}: evaluation {f} is missing (run its evaluate job first)")
+    tc_jobs = seed_transcoders(cfg)
+    tc_folders = {kind: {s: Path(transcoders_dir) / job.name for s, job in by_seed.items()}
+                  for kind, by_seed in tc_jobs.items()}
+    for by_seed in tc_folders.values():
+        for s, f in by_seed.items():
+            if not (f / "transcoder.safetensors").exists():
+                raise InputError(f"seed {s}: transcoder {f} is missing (run its transcoder job first)")
     out_dir = start_stage(cfg.seed, out_dir)
     device = default_device()
     dtype = resolve_precision(cfg.precision, device)
@@ -69,13 +79,20 @@ def run_seeds(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposit
                                                          device).items()}
         factors[s] = read_factors(folder)
         log.info("seed %d: %d alive subcomponents", s, sum(int(m.sum()) for m in alive[s].values()))
-    mmcs = seed_mmcs_table(factors, alive)
+    transcoders = {}
+    for kind, by_seed in tc_folders.items():
+        pairs = {s: transcoder_factors(Transcoder.load(f), cfg.baselines.train.dead_tokens) for s, f in by_seed.items()}
+        transcoders[kind] = ({s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()})
+    mmcs = seed_mmcs_table(factors, alive, transcoders)
 
     write_csv(out_dir / "headline.csv", headline)
     write_csv(out_dir / "seed_mmcs.csv", mmcs)
     inputs = upstream_digests(target=target_dir, tokens=tokens_dir, decomposition=decomposition_dir)
     for name in filter(None, runs.values()):
         inputs.update(labelled_digests(f"variants/{name}", "decomposition", Path(variants_dir) / name))
+    for by_seed in tc_jobs.values():
+        for job in by_seed.values():
+            inputs.update(labelled_digests(f"transcoders/{job.name}", "transcoder", Path(transcoders_dir) / job.name))
     write_yaml(out_dir / "final_config.yaml", {
         **cfg.model_dump(mode="json"), "resolved_precision": str(dtype).removeprefix("torch."), "inputs": inputs,
         "seconds": round(time.perf_counter() - t0, 1),

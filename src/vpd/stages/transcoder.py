@@ -6,7 +6,8 @@ Writes  <out>/{transcoder.safetensors, cfg.json, metrics.jsonl, local.csv, paret
 
 The transcoder (`vpd.sweeps.TranscoderJob`, named e.g. `plt_L512_k8`) starts from its own seeded
 initialisation and trains on activations streamed from the frozen target over the training
-tokens, in the data order every transcoder of the sweep shares (seed + 7919). It is then scored
+tokens, in the data order every transcoder of the sweep shares (seed + 7919; a seeds-comparison
+job uses its own seed for both). It is then scored
 on the evaluation's held-out windows (`vpd.data.tokens.eval_windows`): local FVU, L0, alive and
 dead fraction per layer (local.csv), and the CE increase with every MLP replaced at once
 (pareto_point.json, one point of the Pareto comparison).
@@ -50,7 +51,7 @@ def run_transcoder(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, name:
     init = torch.Generator().manual_seed(job.init_seed(cfg.seed))
     tc = Transcoder(job.kind, target.cfg.n_layer, target.cfg.d_model, target.cfg.d_model, job.n_latents, job.k,
                     generator=init).to(device)
-    order = torch.Generator().manual_seed(cfg.seed + DATA_ORDER_OFFSET)
+    order = torch.Generator().manual_seed(job.run_seed(cfg.seed) + DATA_ORDER_OFFSET)
 
     def sample_batch() -> torch.Tensor:
         return shard.sample_batch(bcfg.train.batch_size, order)[:, :-1]  # [B, T]
