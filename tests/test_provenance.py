@@ -165,11 +165,15 @@ def test_source_commit_names_head_and_dirty_trees(tmp_path):
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(git + ["init", "-q"], check=True)
     (tmp_path / "f.txt").write_text("a")
-    subprocess.run(git + ["add", "f.txt"], check=True)
+    (tmp_path / "results" / "default" / "paper").mkdir(parents=True)
+    (tmp_path / "results" / "default" / "paper" / "README.md").write_text("committed report")
+    subprocess.run(git + ["add", "f.txt", "results"], check=True)
     subprocess.run(git + ["commit", "-qm", "x"], check=True)
     head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert source_commit(tmp_path) == head
     (tmp_path / "new.txt").write_text("untracked files do not count")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "results" / "default" / "paper" / "README.md").write_text("a run re-rendered the report")
     assert source_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert source_commit(tmp_path) == head + "+dirty"

@@ -80,13 +80,15 @@ def upstream_digests(**folders: str | Path) -> dict[str, str]:
 
 def source_commit(repo: str | Path | None = None) -> str:
     """The git commit of the code that runs (the checkout holding this package), with "+dirty" when
-    tracked files differ from it; "unknown" outside a git checkout or without git."""
+    tracked files outside `results/` differ from it (a run rewrites the committed report there, which
+    is output, not code); "unknown" outside a git checkout or without git."""
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[3]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)results"],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
