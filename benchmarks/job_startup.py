@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from vpd.utils.provenance import source_commit
+
 STAGES = ("transcoder", "decompose", "evaluate")
 
 
@@ -47,9 +49,7 @@ def main() -> None:
         print(f"{label:32s} median {results[label]['median']:.2f} s "
               f"({results[label]['min']:.2f}-{results[label]['max']:.2f})", flush=True)
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-        args.json.write_text(json.dumps({"commit": commit, "python": sys.version.split()[0], "results": results},
+        args.json.write_text(json.dumps({"commit": source_commit(Path(__file__).resolve().parents[1]), "python": sys.version.split()[0], "results": results},
                                         indent=1) + "\n")
 
 

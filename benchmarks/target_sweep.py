@@ -29,6 +29,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from vpd.utils.provenance import source_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "target_sweep.json"
 
@@ -110,7 +112,7 @@ def record(overrides: list[str], steps: int, tokens: Path, target: Path, minutes
         "probes": {f"{r.probe} | {r.quantity}": float(r.value) for r in probes.itertuples()},
         "held_out_faces": int(probes.loc[probes.probe.str.startswith("emoticon"), "n"].iloc[0]),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "commit": source_commit(ROOT),
     }
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from vpd.utils.provenance import source_commit
+
 _spec = importlib.util.spec_from_file_location("stage_times", Path(__file__).with_name("stage_times.py"))
 stage_times = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(stage_times)
@@ -105,8 +107,7 @@ def main() -> None:
     summary = {label: summarise(r) for label, r in runs.items()}
     print(json.dumps(summary, indent=1))
     if args.json:
-        commits = {label: subprocess.run(["git", "-C", str(c), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                         text=True).stdout.strip() for label, c, _ in setups}
+        commits = {label: source_commit(checkout) for label, checkout, _ in setups}
         args.json.write_text(json.dumps({"config": args.config, "cores": args.cores, "commits": commits,
                                          "extra_configs": {label: [p.name for p in cfgs[1:]] for label, _, cfgs in setups},
                                          "summary": summary, "runs": runs}, indent=1) + "\n")
