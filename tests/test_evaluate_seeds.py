@@ -39,6 +39,41 @@ def test_headline_mean_std_min_max_over_seeds(tmp_path):
     assert t.loc["zero ablation KL", "std"] == 0.0
 
 
+def seed_pareto_points():
+    """Two seeds' VPD point (CE increase 0.5, 0.7) and PLT point (1.5, 1.7) over a target CE of 2.5."""
+    from vpd.evaluate.pareto import ParetoPoint
+
+    return {s: [ParetoPoint("VPD", "tau=0", l0_per_module=l0, l0_per_mlp=2 * l0, active_params=1.0, ce=ce,
+                            target_ce=2.5, tau=0.0),
+                ParetoPoint("PLT", "L=64,k=4", l0_per_module=4.0, l0_per_mlp=4.0, active_params=1.0, ce=ce + 1,
+                            target_ce=2.5, n_latents=64, k=4)]
+            for s, (l0, ce) in {0: (20.0, 3.0), 1: (22.0, 3.2)}.items()}
+
+
+def test_pareto_quantities_label_by_method_and_setting():
+    from vpd.evaluate.seeds import pareto_quantities
+
+    q = pareto_quantities(seed_pareto_points()[0])
+    assert sorted(q) == ["PLT Pareto L=64,k=4: CE increase", "PLT Pareto L=64,k=4: L0 per module",
+                         "VPD Pareto tau=0: CE increase", "VPD Pareto tau=0: L0 per module"]
+    assert q["VPD Pareto tau=0: CE increase"][0] == pytest.approx(0.5)
+    assert q["PLT Pareto L=64,k=4: L0 per module"][0] == 4.0 and math.isnan(q["VPD Pareto tau=0: CE increase"][1])
+
+
+def test_headline_table_merges_extra_quantities_per_seed(tmp_path):
+    from vpd.evaluate.seeds import pareto_quantities
+
+    write_eval(tmp_path / "a", l0=10.0, alive=8, dead_fraction=0.2, stochastic_ce=2.5, pgd20=1.0)
+    write_eval(tmp_path / "b", l0=14.0, alive=6, dead_fraction=0.4, stochastic_ce=2.7, pgd20=3.0)
+    extra = {s: pareto_quantities(p) for s, p in seed_pareto_points().items()}
+    t = headline_table({0: tmp_path / "a", 1: tmp_path / "b"}, extra=extra).set_index("quantity")
+    vpd = t.loc["VPD Pareto tau=0: CE increase"]
+    assert vpd["mean"] == pytest.approx(0.6) and vpd["n"] == 2 and vpd["std"] == pytest.approx(math.sqrt(0.02))
+    assert t.loc["VPD Pareto tau=0: L0 per module", "min"] == 20.0
+    assert t.loc["PLT Pareto L=64,k=4: CE increase", "max"] == pytest.approx(1.7)
+    assert t.loc["L0 (CI > 0)", "mean"] == 12.0  # the evaluation quantities are kept
+
+
 def test_mmcs_by_hand():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[-3.0, 0.0], [1.0, 1.0]])

@@ -12,6 +12,7 @@ CI > τ, attention runs its original weights, Δ is dropped. x-axes:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 from vpd.baselines.splice import SpliceResult
 from vpd.evaluate.mask_strategies import DecompositionLike, evaluate_masks, restrict, rounded_name, standard_strategies
 from vpd.evaluate.metrics import split_name
+from vpd.utils.io import read_json
 
 METHODS = ("VPD", "PLT", "CLT")
 COLUMNS = [
@@ -61,6 +63,13 @@ def transcoder_point(kind: str, n_latents: int, k: int, result: SpliceResult, ru
         l0_per_module=result.l0_per_module, l0_per_mlp=result.l0_per_module, active_params=result.active_params,
         ce=result.ce, target_ce=result.target_ce, kl=result.kl, run=run, n_latents=n_latents, k=k,
     )
+
+
+def read_transcoder_point(folder: Path, run: str = "main") -> ParetoPoint:
+    """The Pareto point a transcoder job wrote (<folder>/pareto_point.json)."""
+    data = read_json(Path(folder) / "pareto_point.json")
+    kind, n_latents, k = data.pop("kind"), data.pop("n_latents"), data.pop("k")
+    return transcoder_point(kind, n_latents, k, SpliceResult(**data), run=run)
 
 
 def vpd_pareto_points(

@@ -1,7 +1,10 @@
 """The seeds comparison: spread of the headline numbers over decomposition seeds, and how similar
 the subcomponents of different seeds are (the paper's tab:seed-mmcs).
 
-Headline quantities are read from each seed's evaluation folder (the evaluate stage's tables).
+Headline quantities are read from each seed's evaluation folder (the evaluate stage's tables),
+plus each seed's Pareto points (`pareto_quantities`: VPD's from its decomposition, the seed's
+transcoders' from their jobs). The feature-splitting ratio is not among them: it needs the four
+C-multiplier runs once more per seed.
 MMCS (mean max cosine similarity) of run a against run b: for every alive subcomponent c of a,
 the largest |cos| between its vector (U_c or V_c) and the vectors of b's alive subcomponents of
 the same matrix, averaged over c (|cos| because U_c V_c^T = (-U_c)(-V_c)^T). Transcoders of
@@ -13,22 +16,24 @@ paper: about 0.13 at init).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
 from vpd.evaluate.paper import ALIVE, L0_TOTAL, MASK_STRATEGIES, PGD_KL, TOTAL_C
+from vpd.evaluate.pareto import ParetoPoint
 
 HEADLINE_COLUMNS = ["quantity", "mean", "std", "min", "max", "n", "paper"]
 MMCS_PAPER = {"U": 0.48, "V": 0.52}
 MMCS_PAPER_TRANSCODER = {"plt": 0.81, "clt": 0.61}  # PLT trained on local MSE
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # matrix -> (V [d_in, C], U [C, d_out])
+Quantities = dict[str, tuple[float, float]]  # quantity -> (value, paper value or NaN)
 
 
-def evaluation_quantities(folder: Path, threshold: float = 0.0) -> dict[str, tuple[float, float]]:
+def evaluation_quantities(folder: Path, threshold: float = 0.0) -> Quantities:
     """quantity -> (value, paper value or NaN) of one evaluation folder."""
     folder = Path(folder)
     nan = float("nan")
@@ -60,9 +65,22 @@ def evaluation_quantities(folder: Path, threshold: float = 0.0) -> dict[str, tup
     return out
 
 
-def headline_table(folders: Mapping[int, Path], threshold: float = 0.0) -> pd.DataFrame:
-    """One row per quantity over the seeds' evaluation folders: mean, sample std, min, max, n, paper."""
-    per_seed = {seed: evaluation_quantities(f, threshold) for seed, f in folders.items()}
+def pareto_quantities(points: Iterable[ParetoPoint]) -> Quantities:
+    """CE increase and L0 per module of each Pareto point, labelled by method and setting (the
+    paper gives these as a figure, so no paper value)."""
+    nan = float("nan")
+    out = {}
+    for p in points:
+        out[f"{p.method} Pareto {p.setting}: CE increase"] = (p.ce_increase, nan)
+        out[f"{p.method} Pareto {p.setting}: L0 per module"] = (p.l0_per_module, nan)
+    return out
+
+
+def headline_table(folders: Mapping[int, Path], threshold: float = 0.0,
+                   extra: Optional[Mapping[int, Quantities]] = None) -> pd.DataFrame:
+    """One row per quantity over the seeds' evaluation folders (and `extra` quantities per seed):
+    mean, sample std, min, max, n, paper."""
+    per_seed = {seed: {**evaluation_quantities(f, threshold), **(extra or {}).get(seed, {})} for seed, f in folders.items()}
     quantities = list(dict.fromkeys(q for values in per_seed.values() for q in values))
     rows = []
     for q in quantities:

@@ -17,25 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from vpd.baselines.splice import SpliceResult, ZeroReplacement, evaluate_splice
+from vpd.baselines.splice import ZeroReplacement, evaluate_splice
 from vpd.config import ProjectConfig
 from vpd.data.tokens import eval_windows
 from vpd.decomp import Decomposition
-from vpd.evaluate.pareto import pareto_table, transcoder_point, vpd_pareto_points, with_frontier_columns
+from vpd.evaluate.pareto import pareto_table, read_transcoder_point, vpd_pareto_points, with_frontier_columns
 from vpd.plots import save_figure
 from vpd.plots.baselines import plot_pareto
 from vpd.sweeps import transcoder_jobs, variant_jobs
 from vpd.target.model import load_target
-from vpd.utils.io import read_json, write_csv, write_json, write_yaml
+from vpd.utils.io import write_csv, write_json, write_yaml
 from vpd.utils.provenance import labelled_digests, upstream_digests
 from vpd.utils.runtime import default_device, log, resolve_precision, start_stage
-
-
-def read_transcoder_point(folder: Path):
-    """The Pareto point a transcoder job wrote (pareto_point.json)."""
-    data = read_json(Path(folder) / "pareto_point.json")
-    kind, n_latents, k = data.pop("kind"), data.pop("n_latents"), data.pop("k")
-    return transcoder_point(kind, n_latents, k, SpliceResult(**data))
 
 
 def run_baselines(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposition_dir: Path,

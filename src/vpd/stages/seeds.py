@@ -5,6 +5,8 @@ Reads   <target>/, <tokens>/val.bin, <decomposition>/ and <evaluation>/ (the mai
         <transcoders>/<job>/ for the seeds comparison's transcoders (`vpd.sweeps.seed_transcoders`)
 Writes  <out>/{headline.csv, seed_mmcs.csv, final_config.yaml}
 
+Pareto points per seed: VPD's main run at baselines.vpd_thresholds on the baselines stage's
+held-out windows (MLP matrices masked, as in pareto.csv), and each seed transcoder's own point.
 Alive sets for MMCS: VPD, mean CI > evaluate.alive_eps on the evaluation's held-out windows;
 transcoders, latents that fired within the last baselines.train.dead_tokens training tokens.
 """
@@ -22,8 +24,9 @@ from vpd.data.tokens import eval_windows
 from vpd.decomp import Decomposition
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
+from vpd.evaluate.pareto import read_transcoder_point, vpd_pareto_points
 from vpd.baselines.transcoders import Transcoder
-from vpd.evaluate.seeds import Factors, headline_table, seed_mmcs_table, transcoder_factors
+from vpd.evaluate.seeds import Factors, headline_table, pareto_quantities, seed_mmcs_table, transcoder_factors
 from vpd.sweeps import seed_runs, seed_transcoders
 from vpd.target.model import load_target
 from vpd.utils.errors import InputError
@@ -69,20 +72,24 @@ def run_seeds(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, decomposit
     dtype = resolve_precision(cfg.precision, device)
     t0 = time.perf_counter()
 
-    headline = headline_table(evals, threshold=min(cfg.evaluate.thresholds))
     target, _ = load_target(target_dir, device, expect=cfg.target.model)
     windows = eval_windows(cfg, tokens_dir, target.cfg.context)
-    factors, alive = {}, {}
+    batch_size = cfg.evaluate.batch_size
+    factors, alive, pareto = {}, {}, {}
     for s, folder in folders.items():
         dec = Decomposition.load(folder, target, dtype=dtype, device=device)
-        alive[s] = {n: m.cpu() for n, m in alive_masks(dec, windows, cfg.evaluate.batch_size, cfg.evaluate.alive_eps,
-                                                         device).items()}
+        alive[s] = {n: m.cpu() for n, m in alive_masks(dec, windows, batch_size, cfg.evaluate.alive_eps, device).items()}
         factors[s] = read_factors(folder)
+        pareto[s] = pareto_quantities(vpd_pareto_points(dec, target, windows, cfg.baselines.vpd_thresholds,
+                                                        batch_size=batch_size, dtype=dtype))
         log.info("seed %d: %d alive subcomponents", s, sum(int(m.sum()) for m in alive[s].values()))
     transcoders = {}
     for kind, by_seed in tc_folders.items():
         pairs = {s: transcoder_factors(Transcoder.load(f), cfg.baselines.train.dead_tokens) for s, f in by_seed.items()}
         transcoders[kind] = ({s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()})
+        for s, f in by_seed.items():
+            pareto[s].update(pareto_quantities([read_transcoder_point(f)]))
+    headline = headline_table(evals, threshold=min(cfg.evaluate.thresholds), extra=pareto)
     mmcs = seed_mmcs_table(factors, alive, transcoders)
 
     write_csv(out_dir / "headline.csv", headline)
