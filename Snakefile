@@ -23,8 +23,12 @@ localrules:
 
 
 # The merged config (config files + --config overrides) that every stage reads, written by this job
-# (never while the DAG is built, so a dry run or a second invocation changes nothing).
-rule resolved_config:
+# (never while the DAG is built, so a dry run or a second invocation changes nothing). Stages take it
+# as an ancient() input, so rewriting it reruns nothing. It is a checkpoint because Snakemake (9.27)
+# skips every job downstream of a job that must rerun when their only link to it is ancient(), even
+# jobs with missing outputs; after a checkpoint the DAG is re-planned, so those jobs run in the same
+# invocation. A dry run after a config change therefore lists only this job.
+checkpoint resolved_config:
     output:
         RESOLVED_CONFIG,
     params:
