@@ -114,19 +114,21 @@ def test_dry_run_builds_full_dag(name, tmp_path):
     for rule in ["corpus", "tokenizer", "train_target", "decompose", "evaluate", "baselines", "feature_splitting"]:
         assert rule in res.stdout
     # one job per trained model of the sweeps, each under its own name
-    from vpd.sweeps import seed_transcoders, transcoder_jobs, variant_jobs
+    from vpd.sweeps import seeded_transcoder_jobs, transcoder_jobs, variant_jobs
 
     cfg = parse_config(_load(name))
     blocks = res.stdout.split("\nrule ")
     transcoders = sorted(b.split("wildcards: transcoder=")[1].split()[0] for b in blocks if b.startswith("transcoder:"))
     variants = sorted(b.split("wildcards: variant=")[1].split()[0] for b in blocks if b.startswith("decompose_variant:"))
-    seeded = [j.name for by_seed in seed_transcoders(cfg).values() for j in by_seed.values() if j.seed is not None]
+    seeded = [j.name for j in seeded_transcoder_jobs(cfg)]
     assert transcoders == sorted([j.name for j in transcoder_jobs(cfg)] + seeded)
-    assert len(seeded) == len(cfg.baselines.kinds) * len(set(cfg.seeds) - {cfg.seed})
+    # per extra seed and kind: the largest dictionary (MMCS) and the two ends of the splitting ratio
+    extra_seeds = len(set(cfg.seeds) - {cfg.seed})
+    assert len(seeded) == len(cfg.baselines.kinds) * extra_seeds * 3
     assert variants == sorted(j.name for j in variant_jobs(cfg))
     assert len(transcoders) - len(seeded) == len(cfg.baselines.kinds) * len(cfg.baselines.n_latents) * len(cfg.baselines.k)
     assert len(variants) == (len(cfg.baselines.vpd_importance_coeffs) + len(cfg.feature_splitting.c_multipliers)
-                             + len(set(cfg.seeds) - {cfg.seed}) + 2 * cfg.adversary_ablation.enabled)
+                             + 3 * extra_seeds + 2 * cfg.adversary_ablation.enabled)  # seed, 1x, largest x C
     # the training stages go through torchrun exactly when the config asks for several processes
     torchrun = "-m torch.distributed.run --standalone --nproc_per_node 8 -m vpd"
     shell = res.stdout
@@ -225,12 +227,20 @@ def test_seeds_dry_run_lists_one_decomposition_and_one_evaluation_per_seed(tmp_p
     assert decompositions == evaluations == extra  # the seed equal to `seed` is the main decomposition
     assert sum(b.startswith("decompose:") for b in blocks) == sum(b.startswith("evaluate:") for b in blocks) == 1
     assert sum(b.startswith("seeds:") for b in blocks) == 1
-    # and one transcoder per kind and extra seed, the largest dictionary of the baselines sweep
-    cfg = _load("config.yaml")["baselines"]
+    # and per kind and extra seed, the baselines sweep's largest dictionary (MMCS) and the splitting
+    # grid's smallest and largest (splitting ratio)
+    cfg, fs = _load("config.yaml")["baselines"], _load("config.yaml")["feature_splitting"]
     transcoders = sorted(b.split("wildcards: transcoder=")[1].split()[0] for b in blocks
                          if b.startswith("transcoder:") and "_s" in b.split("wildcards: transcoder=")[1].split()[0])
-    assert transcoders == sorted(f"{kind}_L{max(cfg['n_latents'])}_k{max(cfg['k'])}_s{s}" for kind in cfg["kinds"]
-                                 for s in seeds if s != 0)
+    assert transcoders == sorted([f"{kind}_L{max(cfg['n_latents'])}_k{max(cfg['k'])}_s{s}" for kind in cfg["kinds"]
+                                  for s in seeds if s != 0]
+                                 + [f"{kind}_L{n}_k{fs['k']}_s{s}" for kind in fs["kinds"]
+                                    for n in (min(fs["n_latents"]), max(fs["n_latents"])) for s in seeds if s != 0])
+    # and the ends of each feature-splitting ratio once more per extra seed
+    split = sorted(b.split("wildcards: variant=")[1].split()[0] for b in blocks
+                   if b.startswith("decompose_variant:") and "variant=split_" in b)
+    assert split == sorted([f"split_{m:g}x" for m in _load("config.yaml")["feature_splitting"]["c_multipliers"]]
+                           + [f"split_{m}x_s{s}" for m in (1, 4) for s in seeds if s != 0])
     for name in extra:
         assert f"--variant {name} --out results/default/variants/{name}" in res.stdout
         assert f"--decomposition results/default/variants/{name} --out results/default/variants/{name}/evaluation" in res.stdout

@@ -74,6 +74,62 @@ def test_headline_table_merges_extra_quantities_per_seed(tmp_path):
     assert t.loc["L0 (CI > 0)", "mean"] == 12.0  # the evaluation quantities are kept
 
 
+def test_splitting_quantities_by_hand():
+    from vpd.evaluate.seeds import splitting_quantities
+
+    q = splitting_quantities({1.0: 200, 4.0: 300}, {"plt": {64: 50, 256: 150}, "clt": {4096: 10, 32768: 0}})
+    vpd = q["feature splitting VPD: alive(4x C) / alive(1x C)"]
+    assert vpd[0] == 1.5 and vpd[1] == pytest.approx(6520 / 6507)  # the paper's alive at 4x and 1x C
+    plt_ratio, plt_paper = q["feature splitting PLT: alive(L256) / alive(L64)"]
+    assert plt_ratio == 3.0 and math.isnan(plt_paper)  # a 4x dictionary span; the paper's spans 8x
+    clt_ratio, clt_paper = q["feature splitting CLT: alive(L32768) / alive(L4096)"]
+    assert clt_ratio == 0.0 and clt_paper == pytest.approx(61085 / 10827)
+    # a largest multiplier the paper's figure does not have, and nothing alive at 1x
+    q = splitting_quantities({1.0: 0, 2.0: 10}, {})
+    value, paper = q["feature splitting VPD: alive(2x C) / alive(1x C)"]
+    assert math.isnan(value) and math.isnan(paper) and len(q) == 1
+
+
+def test_seeds_splitting_runs_are_the_ratio_ends_at_each_seed():
+    from vpd.config import ConfigError, parse_config
+    from vpd.decomp.variants import variant_decompose_config
+    from vpd.sweeps import (
+        TranscoderJob,
+        find_transcoder,
+        find_variant,
+        seed_splitting_transcoders,
+        seed_splitting_variants,
+        variant_jobs,
+        variant_steps,
+    )
+    from tests.test_config import _load
+
+    cfg = parse_config({**_load("ci.yaml"), "seeds": [0, 2]})
+    variants = seed_splitting_variants(cfg)
+    assert {s: {m: j.name for m, j in by_m.items()} for s, by_m in variants.items()} == {
+        0: {1.0: "split_1x", 4.0: "split_4x"}, 2: {1.0: "split_1x_s2", 4.0: "split_4x_s2"}}
+    seeded = variants[2][4.0]
+    assert (seeded.purpose, seeded.seed, seeded.C_multiplier) == ("seed_splitting", 2, 4.0)
+    assert variants[0][1.0] in variant_jobs(cfg) and find_variant(cfg, "split_4x_s2") == seeded
+    # the same decomposition config as the run seed's 4x variant, at its own seed and steps
+    from vpd.target.model import TargetLM
+
+    target = TargetLM(cfg.target.model)
+    config = variant_decompose_config(cfg, seeded, target)
+    assert config == variant_decompose_config(cfg, variants[0][4.0], target)
+    assert [m.C for m in config.matrices] == [4 * m.C for m in variant_decompose_config(cfg, variants[2][1.0], target).matrices]
+    assert variant_steps(cfg, seeded) == cfg.feature_splitting.steps
+    tcs = seed_splitting_transcoders(cfg)
+    assert {s: [j.name for j in by_n.values()] for s, by_n in tcs["clt"].items()} == {
+        0: ["clt_L64_k4", "clt_L256_k4"], 2: ["clt_L64_k4_s2", "clt_L256_k4_s2"]}
+    assert find_transcoder(cfg, "plt_L64_k4_s2") == TranscoderJob("plt", 64, 4, seed=2)
+    assert seed_splitting_variants(parse_config({**_load("ci.yaml"), "seeds": []})) == {}
+    data = _load("ci.yaml")
+    data["seeds"], data["feature_splitting"]["c_multipliers"] = [0, 1], [0.5, 2.0]
+    with pytest.raises(ConfigError, match="c_multipliers must contain 1.0"):
+        parse_config(data)
+
+
 def test_mmcs_by_hand():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[-3.0, 0.0], [1.0, 1.0]])

@@ -109,6 +109,14 @@ def test_ci_dag_end_to_end(tmp_path):
         assert row["n"] == 2 and row["min"] - 1e-6 <= main <= row["max"] + 1e-6, (method, main, row.to_dict())
     split = pd.read_csv(out / "feature_splitting/splitting.csv")
     assert split.groupby("method").size().to_dict() == {"VPD": 4, "PLT": 2, "CLT": 2}
+    # the seeds headline has each seed's feature-splitting ratios; seed 0's are splitting.csv's own
+    for method, (lo, hi), label in (("VPD", (1, 4), "alive(4x C) / alive(1x C)"),
+                                    ("PLT", (64, 256), "alive(L256) / alive(L64)"),
+                                    ("CLT", (64, 256), "alive(L256) / alive(L64)")):
+        alive = {s: split.loc[(split["method"] == method) & (split["scale"] == s), "alive"].iloc[0] for s in (lo, hi)}
+        row = headline.loc[f"feature splitting {method}: {label}"]
+        main = alive[hi] / alive[lo]
+        assert row["n"] == 2 and row["min"] - 1e-9 <= main <= row["max"] + 1e-9, (method, main, row.to_dict())
     assert (split["alive"] <= split["capacity"]).all()
     assert (out / "harvest/browser/index.html").stat().st_size > 0
     edits = pd.read_csv(out / "edit/edit_results.csv")

@@ -164,6 +164,10 @@ class ProjectConfig(Strict):
     def _consistent(self) -> "ProjectConfig":
         if len(set(self.seeds)) != len(self.seeds) or len(self.seeds) == 1:
             raise ValueError(f"seeds must list at least two distinct seeds (or none), got {self.seeds}")
+        if self.seeds and 1.0 not in self.feature_splitting.c_multipliers:
+            raise ValueError("seeds: the seeds comparison measures the feature-splitting ratio alive(largest x C) / "
+                             f"alive(1x C), so feature_splitting.c_multipliers must contain 1.0, got "
+                             f"{self.feature_splitting.c_multipliers}")
         if self.target.model.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(
                 f"target.model.vocab_size ({self.target.model.vocab_size}) must equal "

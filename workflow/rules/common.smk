@@ -7,7 +7,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from vpd.config import ConfigError, parse_config  # noqa: E402
-from vpd.sweeps import seed_transcoders, splitting_transcoders, transcoder_jobs, variant_jobs, variant_steps  # noqa: E402
+from vpd.sweeps import (  # noqa: E402
+    seed_splitting_transcoders,
+    seed_splitting_variants,
+    seed_transcoders,
+    splitting_transcoders,
+    transcoder_jobs,
+    variant_jobs,
+    variant_steps,
+)
 from vpd.utils.io import write_yaml  # noqa: E402
 
 try:
@@ -97,6 +105,10 @@ def transcoder_files(names):
 
 def variant_files(purpose: str):
     return [f"{RESULTS}/variants/{n}/{f}" for n, job in VARIANTS.items() if job.purpose == purpose for f in VARIANT_FILES]
+
+
+def variant_job_files(jobs):
+    return [f"{RESULTS}/variants/{job.name}/{f}" for job in jobs for f in VARIANT_FILES]
 
 
 def seed_variant_names():

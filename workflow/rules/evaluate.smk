@@ -72,7 +72,8 @@ rule evaluate_seed:
         EVALUATE_SHELL
 
 
-# The headline numbers over `seeds` (mean, std, min, max) and the seed MMCS table.
+# The headline numbers over `seeds` (mean, std, min, max), with each seed's feature-splitting ratio,
+# and the seed MMCS table.
 rule seeds:
     input:
         target=rules.train_target.output,
@@ -84,6 +85,10 @@ rule seeds:
                           for f in EVALUATION_FILES.values()],
         transcoders=transcoder_files(job.name for by_seed in seed_transcoders(PROJECT).values()
                                      for job in by_seed.values()),
+        splitting_variants=variant_job_files(job for by_m in seed_splitting_variants(PROJECT).values()
+                                             for job in by_m.values()),
+        splitting_transcoders=transcoder_files(job.name for by_seed in seed_splitting_transcoders(PROJECT).values()
+                                               for by_n in by_seed.values() for job in by_n.values()),
         resolved_config=CONFIG_INPUT,
     output:
         headline=f"{RESULTS}/seeds/headline.csv",

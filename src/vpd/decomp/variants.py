@@ -6,6 +6,7 @@ splitting  only the matrices of `feature_splitting.matrices`, each at round(m x 
            with C from decompose.matrices; steps, warm-up, batch size and sequence length from the
            `feature_splitting` section where it sets them.
 seed       the decompose section unchanged (the stage runs it at the variant's seed).
+seed_splitting  as splitting, run at the variant's seed (the seeds comparison's splitting ratio).
 adversary  `adversary_ablation.steps` steps; without the adversary, coeffs.adversarial_recon 0
            (no PGD sources are kept or trained).
 """

@@ -23,6 +23,9 @@ MASK_STRATEGIES: dict[str, tuple[str, float, float]] = {
 PGD_KL: dict[str, float] = {"20": 0.83, "40": 1.35, "80": 3.84, "160": 25.3, "320": 40.2, "zero_ablation": 67.2}
 L0_TOTAL, L0_BY_LAYER = 205.0, (44.6, 18.9, 49.5, 92.0)
 ALIVE, TOTAL_C, DENSITY = 9972, 38912, 0.021
+# fig:feature_splitting: alive MLP subcomponents at 1x and 4x C; transcoder alive latents at 4k and 32k
+SPLIT_VPD_ALIVE = {1.0: 6507, 4.0: 6520}
+SPLIT_TRANSCODER_ALIVE = {"plt": {4096: 10229, 32768: 58765}, "clt": {4096: 10827, 32768: 61085}}
 
 
 def _fmt(x: Optional[float | str], pct: bool = False) -> str:

@@ -65,11 +65,11 @@ def transcoder_point(kind: str, n_latents: int, k: int, result: SpliceResult, ru
     )
 
 
-def read_transcoder_point(folder: Path, run: str = "main") -> ParetoPoint:
+def read_transcoder_point(folder: Path) -> ParetoPoint:
     """The Pareto point a transcoder job wrote (<folder>/pareto_point.json)."""
     data = read_json(Path(folder) / "pareto_point.json")
     kind, n_latents, k = data.pop("kind"), data.pop("n_latents"), data.pop("k")
-    return transcoder_point(kind, n_latents, k, SpliceResult(**data), run=run)
+    return transcoder_point(kind, n_latents, k, SpliceResult(**data))
 
 
 def vpd_pareto_points(

@@ -3,8 +3,8 @@ the subcomponents of different seeds are (the paper's tab:seed-mmcs).
 
 Headline quantities are read from each seed's evaluation folder (the evaluate stage's tables),
 plus each seed's Pareto points (`pareto_quantities`: VPD's from its decomposition, the seed's
-transcoders' from their jobs). The feature-splitting ratio is not among them: it needs the four
-C-multiplier runs once more per seed.
+transcoders' from their jobs) and its feature-splitting ratios (`splitting_quantities`, from the
+alive counts of the two ends of each ratio at that seed).
 MMCS (mean max cosine similarity) of run a against run b: for every alive subcomponent c of a,
 the largest |cos| between its vector (U_c or V_c) and the vectors of b's alive subcomponents of
 the same matrix, averaged over c (|cos| because U_c V_c^T = (-U_c)(-V_c)^T). Transcoders of
@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpd.evaluate.paper import ALIVE, L0_TOTAL, MASK_STRATEGIES, PGD_KL, TOTAL_C
+from vpd.evaluate.paper import (
+    ALIVE,
+    L0_TOTAL,
+    MASK_STRATEGIES,
+    PGD_KL,
+    SPLIT_TRANSCODER_ALIVE,
+    SPLIT_VPD_ALIVE,
+    TOTAL_C,
+)
 from vpd.evaluate.pareto import ParetoPoint
 
 HEADLINE_COLUMNS = ["quantity", "mean", "std", "min", "max", "n", "paper"]
@@ -73,6 +81,28 @@ def pareto_quantities(points: Iterable[ParetoPoint]) -> Quantities:
     for p in points:
         out[f"{p.method} Pareto {p.setting}: CE increase"] = (p.ce_increase, nan)
         out[f"{p.method} Pareto {p.setting}: L0 per module"] = (p.l0_per_module, nan)
+    return out
+
+
+def splitting_quantities(vpd_alive: Mapping[float, int], transcoder_alive: Mapping[str, Mapping[int, int]]) -> Quantities:
+    """One seed's feature-splitting ratios. VPD: alive subcomponents at the largest C multiplier over
+    alive at 1x C (vpd_alive: multiplier -> alive). Each transcoder kind: alive latents at its largest
+    dictionary over its smallest (transcoder_alive: kind -> {n_latents: alive}). The paper's value is
+    given where its figure has the same two capacities (4x / 1x C; its dictionaries span 8x)."""
+    nan = float("nan")
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else nan
+
+    hi = max(vpd_alive)
+    paper_vpd = ratio(SPLIT_VPD_ALIVE[hi], SPLIT_VPD_ALIVE[1.0]) if hi in SPLIT_VPD_ALIVE else nan
+    out = {f"feature splitting VPD: alive({hi:g}x C) / alive(1x C)": (ratio(vpd_alive[hi], vpd_alive[1.0]), paper_vpd)}
+    for kind, by_n in transcoder_alive.items():
+        lo, top = min(by_n), max(by_n)
+        paper = SPLIT_TRANSCODER_ALIVE.get(kind, {})
+        same_span = paper and max(paper) * lo == min(paper) * top
+        out[f"feature splitting {kind.upper()}: alive(L{top}) / alive(L{lo})"] = (
+            ratio(by_n[top], by_n[lo]), ratio(paper[max(paper)], paper[min(paper)]) if same_span else nan)
     return out
 
 

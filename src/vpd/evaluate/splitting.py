@@ -128,6 +128,11 @@ def vpd_alive(dec, windows: torch.Tensor, batch_size: int, eps: float) -> dict[s
     return {n: m > eps for n, m in acc.mean_ci().items()}
 
 
+def total_alive(alive: Mapping[str, torch.Tensor]) -> int:
+    """Alive units over every matrix of a `vpd_alive` result."""
+    return int(sum(int(a.sum()) for a in alive.values()))
+
+
 @torch.no_grad()
 def transcoder_alive(target, tc, windows: torch.Tensor, batch_size: int, mode: str, dtype: torch.dtype) -> torch.Tensor:
     """[n_layer, L] bool: the latent fired on at least one token of the windows."""

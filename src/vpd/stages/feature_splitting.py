@@ -16,6 +16,7 @@ from vpd.evaluate.splitting import (
     VPD_UNIT,
     cosine_matrix,
     pair_table,
+    total_alive,
     transcoder_alive,
     transcoder_units,
     vpd_alive,
@@ -54,7 +55,7 @@ def run_feature_splitting(
         dec = Decomposition.load(variants_dir / job.name, target, dtype=dtype, device=device)
         inputs.update(labelled_digests(f"variants/{job.name}", "decomposition", variants_dir / job.name))
         alive = vpd_alive(dec, windows, ecfg.batch_size, ecfg.alive_eps)
-        cap, n_alive = dec.total_C, int(sum(int(a.sum()) for a in alive.values()))
+        cap, n_alive = dec.total_C, total_alive(alive)
         split_rows.append({"method": "VPD", "run": run, "scale": m, "capacity": cap, "alive": n_alive})
         vpd_runs[run], vpd_caps[run] = vpd_units(dec, alive), cap
         log.info("VPD %s: %d of %d MLP subcomponents alive", run, n_alive, cap)
