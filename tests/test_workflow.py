@@ -143,12 +143,13 @@ def test_ci_dag_end_to_end(tmp_path):
             path = out / folders[kind] / name if kind in folders else out / key
             assert digest == hashlib.sha256(path.read_bytes()).hexdigest(), (stage, key)
     # One job folder per trained model of the sweeps, each with its own log and benchmark.
-    assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8 + 2  # + plt/clt at seed 1
+    # baselines grid 8 + the seed-1 MMCS pair (plt, clt) + seed 1's splitting ends (L64, L256 per kind)
+    assert len(list((out / "transcoders").glob("*/transcoder.safetensors"))) == 8 + 2 + 4
     assert sorted(p.name for p in (out / "variants").iterdir()) == ["adversary_off", "adversary_on", "coeff_0.002",
-                                                                    "seed_1", "split_0.5x", "split_1x", "split_2x",
-                                                                    "split_4x"]
-    assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8 + 2
-    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 8
+                                                                    "seed_1", "split_0.5x", "split_1x", "split_1x_s1",
+                                                                    "split_2x", "split_4x", "split_4x_s1"]
+    assert len(list((out / "benchmarks").glob("transcoder_*.tsv"))) == 8 + 2 + 4
+    assert len(list((out / "logs").glob("decompose_variant_*.log"))) == 10
     ablation = pd.read_csv(out / "adversary_ablation" / "ce_vs_source.csv")
     assert sorted(set(ablation["run"])) == ["adversary_off", "adversary_on"] and len(ablation) == 6
     tmp_path = workdir
