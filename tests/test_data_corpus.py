@@ -443,7 +443,8 @@ def test_run_corpus_writes_all_outputs(tmp_path):
     }))
     out = tmp_path / "corpus"
     run_corpus(cfg, out)
-    assert {p.name for p in out.iterdir()} == {"train.jsonl", "val.jsonl", "manifest.json", "stats.json", "final_config.yaml"}
+    assert {p.name for p in out.iterdir()} == {"train.jsonl", "val.jsonl", "manifest.json", "stats.json",
+                                               "pronoun_support.csv", "final_config.yaml"}
     train, val = list(iter_jsonl_texts(out / "train.jsonl")), list(iter_jsonl_texts(out / "val.jsonl"))
     assert len(train) == 8 and len(val) == 2 and not set(train) & set(val)
     assert json.loads((out / "val.jsonl").read_text().splitlines()[0])["source"] == "mine"
@@ -456,5 +457,5 @@ def test_run_corpus_writes_all_outputs(tmp_path):
     # same config, same files
     out2 = tmp_path / "corpus2"
     run_corpus(cfg, out2)
-    for name in ("train.jsonl", "val.jsonl", "stats.json"):
+    for name in ("train.jsonl", "val.jsonl", "stats.json", "pronoun_support.csv"):
         assert (out / name).read_bytes() == (out2 / name).read_bytes()

@@ -14,7 +14,8 @@ import torch.nn as nn
 from vpd.config import TokenizerConfig
 from vpd.data.tokenizer import train_tokenizer
 from vpd.target.probes import (
-    FEMALE_MALE, MOUTHS, POSSESSIVE_VERBS, continuation_log_prob, emoticon_probe, pronoun_prompts, run_probes,
+    FEMALE_MALE, MAIN_SETTING, MOUTHS, POSSESSIVE_VERBS, PREFIXES, continuation_log_prob, emoticon_probe,
+    pronoun_prompts, pronoun_subject_prompts, run_probes,
 )
 
 EOT = "<|endoftext|>"
@@ -26,7 +27,9 @@ def tok():
     words = [w for pair in FEMALE_MALE for w in pair]
     lines = [f"The {w} {v} her hat and his coat ; she said that he was here :) ;P =D :o :(" for w in words
              for v in POSSESSIVE_VERBS + ("said",)]
-    return train_tokenizer(lines * 3, TokenizerConfig(vocab_size=370, min_frequency=2, end_of_text=EOT))
+    lines += [f"{pre} She {v} her hat. He {v} his coat." for pre in PREFIXES for v in POSSESSIVE_VERBS]
+    lines += [f"{subject} said that" for subject in ("She", "He")]
+    return train_tokenizer(lines * 3, TokenizerConfig(vocab_size=410, min_frequency=2, end_of_text=EOT))
 
 
 class RuleLM(nn.Module):
@@ -69,6 +72,14 @@ def gender_model(tok, favour_male_always: bool = False) -> RuleLM:
     return RuleLM(V, [(female, [her, she], False), (male, [his, he], False)])
 
 
+def pronoun_model(tok) -> RuleLM:
+    """Knows the gender of the subject pronouns "She"/"He" (at a document start or after a sentence)
+    and of no noun."""
+    her, his, she, he = ids(tok, [" her", " his", " she", " he"])
+    female, male = set(ids(tok, ["She", " She"])), set(ids(tok, ["He", " He"]))
+    return RuleLM(tok.get_vocab_size(), [(female, [her, she], False), (male, [his, he], False)])
+
+
 def test_prompt_set_is_fixed_and_balanced():
     prompts = pronoun_prompts()
     assert len(prompts) == 120  # 10 pairs x (5 verbs + "said that") x 2 genders
@@ -82,8 +93,8 @@ def test_agreement_on_a_model_that_knows_gender(tok):
     summary, prompts = run_probes(gender_model(tok), tok, tok.token_to_id(EOT), np.zeros(8, np.uint16), 16, seed=0)
     z = 2 * math.exp(A) + V - 2  # two tokens boosted at once (" her" and " she", or " his" and " he")
     p_boost, p_other = math.exp(A) / z, 1 / z
-    agreement = prompts[prompts.task != "paper"]
-    assert agreement["right"].all()
+    agreement = prompts[prompts.setting == MAIN_SETTING]
+    assert len(agreement) == 120 and agreement["right"].all()
     np.testing.assert_allclose(agreement["p_correct"], p_boost, rtol=1e-5)
     np.testing.assert_allclose(agreement["p_wrong"], p_other, rtol=1e-5)
     assert (agreement["rank_correct"] == 1).all() and (agreement["rank_wrong"] == 3).all()  # ties: she/her boosted
@@ -96,7 +107,7 @@ def test_agreement_on_a_model_that_knows_gender(tok):
 def test_agreement_on_a_model_that_always_says_his(tok):
     summary, prompts = run_probes(gender_model(tok, favour_male_always=True), tok, tok.token_to_id(EOT),
                                   np.zeros(8, np.uint16), 16, seed=0)
-    agreement = prompts[prompts.task != "paper"]
+    agreement = prompts[prompts.setting == MAIN_SETTING]
     assert list(agreement["right"]) == [p.gender == "male" for p in pronoun_prompts()]
     row = summary.set_index(["probe", "quantity"])
     assert row.loc[("pronoun agreement", "accuracy"), "value"] == 0.5
@@ -140,3 +151,28 @@ def test_prompts_longer_than_the_context_keep_their_last_tokens(tok):
     model = ShortContext(V, [])
     lp = continuation_log_prob(model, [1, 2, 3, 4], [5])
     assert seen == [[[3, 4]]] and lp == pytest.approx(math.log(1 / V))
+
+
+def _diagnostic(summary, setting: str) -> tuple[float, int]:
+    row = summary.set_index(["probe", "quantity"]).loc[(f"pronoun agreement (diagnostic), {setting}", "accuracy")]
+    return row["value"], row["n"]
+
+
+def test_diagnostic_settings_tell_nouns_from_pronouns(tok):
+    """A model that knows only the nouns' gender is right on every noun prompt, before or after a
+    sentence, and on no pronoun prompt (a tie is not right); a model that knows only "She"/"He"
+    is the mirror image."""
+    assert len(pronoun_subject_prompts()) == 12
+    eot = tok.token_to_id(EOT)
+    nouns, _ = run_probes(gender_model(tok), tok, eot, np.zeros(8, np.uint16), 16, seed=0)
+    pronouns, prompts = run_probes(pronoun_model(tok), tok, eot, np.zeros(8, np.uint16), 16, seed=0)
+    assert _diagnostic(nouns, "noun, after a sentence") == (1.0, 360)
+    assert _diagnostic(nouns, "pronoun, document start") == (0.0, 12)
+    assert _diagnostic(nouns, "pronoun, after a sentence") == (0.0, 36)
+    assert _diagnostic(pronouns, "noun, after a sentence") == (0.0, 360)
+    assert _diagnostic(pronouns, "pronoun, document start") == (1.0, 12)
+    assert _diagnostic(pronouns, "pronoun, after a sentence") == (1.0, 36)
+    main = pronouns.set_index(["probe", "quantity"]).loc[("pronoun agreement", "accuracy")]
+    assert main["value"] == 0.0 and main["n"] == 120  # the goal's row counts the document-start nouns only
+    after = prompts[prompts.setting == "pronoun, after a sentence"]
+    assert set(after["prompt"].str.split(" She| He").str[0]) == set(PREFIXES)

@@ -185,6 +185,18 @@ def test_resume_is_bitwise_identical(tokens_dir, tmp_path):
     )
 
 
+def test_checkpoint_keep_zero_keeps_every_checkpoint(tokens_dir, tmp_path):
+    """12 steps with a checkpoint every 5 and at the end: steps 5, 10, 12; the default keeps the newest 2.
+    A checkpoint's model tensors are the weights at its step, so the last one equals the saved model."""
+    run_train_target(make_config(checkpoint_keep=0), tokens_dir, tmp_path / "all")
+    run_train_target(make_config(), tokens_dir, tmp_path / "two")
+    kept = {name: [p.name for p in ckpt.list_checkpoints(tmp_path / name / "checkpoints")] for name in ("all", "two")}
+    assert kept == {"all": ["step-00000005", "step-00000010", "step-00000012"], "two": ["step-00000010", "step-00000012"]}
+    tensors, _ = ckpt.load(tmp_path / "all" / "checkpoints" / "step-00000012")
+    final = weights(tmp_path / "all")
+    assert all(torch.equal(tensors[f"model.{k}"], v) for k, v in final.items())
+
+
 def test_corrupt_latest_checkpoint_falls_back(tokens_dir, tmp_path, caplog):
     cfg = make_config(checkpoint_every=2)
     run_train_target(cfg, tokens_dir, tmp_path / "full")

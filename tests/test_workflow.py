@@ -72,6 +72,11 @@ def test_ci_dag_end_to_end(tmp_path):
     assert reads <= declared, sorted(reads - declared)
     stats = json.loads((out / "corpus/stats.json").read_text())
     assert stats["train"]["documents"] > 0 and stats["val"]["documents"] > 0
+    support = pd.read_csv(out / "corpus/pronoun_support.csv")
+    assert len(support) == 24 and support["occurrences"].ge(support["next_female"] + support["next_male"]).all()
+    probes = pd.read_csv(out / "target/probes.csv").set_index(["probe", "quantity"])["n"]
+    assert probes[("pronoun agreement", "accuracy")] == 120
+    assert probes[("pronoun agreement (diagnostic), pronoun, after a sentence", "accuracy")] == 36
     meta = json.loads((out / "tokenizer/meta.json").read_text())
     assert meta["vocab_size"] == 512
     curve = pd.read_csv(out / "target/curve.csv")

@@ -111,6 +111,10 @@ class TargetTrainConfig(Strict):
     eval_every: int = Field(50, ge=1, description="steps between validation-CE points of curve.csv")
     eval_sequences: int = Field(64, ge=1, description="fixed held-out sequences for the validation curve")
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
+    checkpoint_keep: int = Field(
+        2, ge=0, description="newest checkpoints kept on disk; 0 keeps every one (e.g. to score the probes over training "
+        "with benchmarks/pronoun_context.py --checkpoints)",
+    )
     world_size: int = Field(1, ge=1, description="processes (torchrun, DDP) for this stage; batch_size is the global batch and must divide evenly")
 
     @model_validator(mode="after")

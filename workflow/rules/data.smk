@@ -9,6 +9,7 @@ rule corpus:
         val=f"{RESULTS}/corpus/val.jsonl",
         manifest=f"{RESULTS}/corpus/manifest.json",
         stats=f"{RESULTS}/corpus/stats.json",
+        pronoun_support=f"{RESULTS}/corpus/pronoun_support.csv",
     params:
         section=config["corpus"],
         seed=config["seed"],

@@ -2,7 +2,7 @@
 # links every output with the paper's number beside ours. Include after every stage it reads.
 
 NOTEBOOK_INPUTS = {
-    "01_target": [rules.train_target.output],
+    "01_target": [[rules.corpus.output.pronoun_support], rules.train_target.output],
     "02_decomposition": [rules.decompose.output, rules.evaluate.output, *([rules.seeds.output] if PROJECT.seeds else []),
                          *([rules.adversary_ablation.output] if PROJECT.adversary_ablation.enabled else [])],
     "03_pareto_splitting": [rules.baselines.output, rules.feature_splitting.output],

@@ -3,7 +3,8 @@
 Outputs (in `out_dir`): `train.jsonl` and `val.jsonl` (one {"text", "source"} per line),
 `manifest.json` (where every source came from: version, sha256, licence, cache file, counts) and
 `stats.json` (bytes, words, documents and the probe counts used later: emoticons, "princess",
-"her"). Every random choice (document caps, byte cap, the train/val split) comes from a generator
+"her"), and `pronoun_support.csv` (how often the training split pairs each probe noun with a
+pronoun of its gender, `vpd.data.pronoun_support`). Every random choice (document caps, byte cap, the train/val split) comes from a generator
 seeded by the project seed and the source name, so the same config gives the same files.
 """
 
@@ -23,9 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from vpd.config import CorpusConfig, CorpusSource
+from vpd.data.pronoun_support import support_table
 from vpd.data.sources import FetchedSource, fetch_source
 from vpd.utils.errors import UserError
-from vpd.utils.io import atomic_path, write_json
+from vpd.utils.io import atomic_path, write_csv, write_json
 
 log = logging.getLogger("vpd")
 
@@ -284,6 +286,7 @@ def build_corpus(
     write_jsonl(out_dir / "val.jsonl", val)
     write_json(out_dir / "manifest.json", manifest)
     write_json(out_dir / "stats.json", stats)
+    write_csv(out_dir / "pronoun_support.csv", support_table(d.text for d in train))
     t = stats["total"]
     log.info("corpus: %d documents (%d train / %d val), %.1f MB, %d words -> %s",
              t["documents"], len(train), len(val), t["bytes"] / 1e6, t["words"], out_dir)

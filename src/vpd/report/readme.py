@@ -45,6 +45,7 @@ SECTIONS: list[Section] = [
         Item("validation curve", "target/curve.csv"),
         Item("target probes", "target/probes.csv",
              "P(her | 'The princess lost') 0.586; goals here: agreement >= 90%, P(her) >= 0.2, P(mouth | eye) >= 0.5"),
+        Item("corpus support for the pronoun probes", "corpus/pronoun_support.csv"),
     ]),
     Section("02_decomposition", "Decomposition and evaluation", [
         Item("training losses", "decomposition/fig_losses.png"),
@@ -188,7 +189,7 @@ def summarize(path: Path, rel: str) -> str:
         return f"unreadable ({type(exc).__name__}: {exc})"
 
 
-def csv_markdown(path: Path, max_rows: int = 16) -> str:
+def csv_markdown(path: Path, max_rows: int = 24) -> str:
     df = pd.read_csv(path)
     more = f"\n\n({len(df) - max_rows} more rows in the file)" if len(df) > max_rows else ""
     return df.head(max_rows).to_markdown(index=False, floatfmt=".4g") + more

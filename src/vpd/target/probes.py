@@ -6,6 +6,12 @@ A fixed, documented prompt set (never tuned to a model):
   "shook", "raised", "turned", "took") must continue " her"/" his", and "The <subject> said that"
   must continue " she"/" he": 60 prompt pairs, 120 prompts. A prompt is right when
   P(correct) > P(wrong).
+- Where agreement fails (diagnostic rows, no goal): the same 120 prompts after each of three fixed
+  ungendered sentences (`PREFIXES`), and pronoun subjects ("She <verb>" / "He <verb>", "She said
+  that" / "He said that") at a document start and after each sentence. A target that gets the
+  pronoun subjects right but not the nouns has the agreement mechanism but not the nouns' gender;
+  one that gets nouns right only after a sentence fails at the document start. The corpus's own
+  support for each noun is the corpus stage's `pronoun_support.csv` (`vpd.data.pronoun_support`).
 - The paper's prompts: P(" her" | "The princess lost") and P(" his" | "The prince lost"), with the
   rank of the answer among all tokens.
 - Emoticon mouths. At every face in the held-out shard (an eye ':' ';' '=' followed by a mouth
@@ -27,12 +33,7 @@ import torch
 import torch.nn as nn
 
 from vpd.data.emoticons import EmoticonVocab, emoticon_vocab, find_eyes
-
-FEMALE_MALE = (
-    ("woman", "man"), ("girl", "boy"), ("mother", "father"), ("sister", "brother"), ("daughter", "son"),
-    ("wife", "husband"), ("aunt", "uncle"), ("queen", "king"), ("lady", "gentleman"), ("princess", "prince"),
-)
-POSSESSIVE_VERBS = ("lost", "shook", "raised", "turned", "took")
+from vpd.data.pronoun_support import FEMALE_MALE, POSSESSIVE_VERBS
 EYES = (":", ";", "=")
 MOUTHS = (")", "(", "D", "P", "o")
 # The paper's prompts and its P(answer) on its target (fig:attribution-graph).
@@ -40,6 +41,9 @@ PAPER_PROMPTS = (
     ("princess", "The princess lost", " her", " his", 0.586),
     ("prince", "The prince lost", " his", " her", None),
 )
+# Ungendered sentences the diagnostic settings put before a prompt (fixed before any target was scored).
+PREFIXES = ("It was late in the evening.", "Nothing more was said about it.", "The next day was fine and clear.")
+MAIN_SETTING = "noun, document start"  # the setting of the goal; the others are diagnostic
 # The goals of the default config for a competent target (issue: probes of the target stage).
 GOALS = {"accuracy": 0.9, "p_her_princess": 0.2, "p_mouth": 0.5}
 
@@ -63,6 +67,27 @@ def pronoun_prompts() -> list[PronounPrompt]:
         for gender, noun, right, wrong in (("female", female, " she", " he"), ("male", male, " he", " she")):
             out.append(PronounPrompt("said_that", gender, f"The {noun} said that", right, wrong))
     return out
+
+
+def pronoun_subject_prompts() -> list[PronounPrompt]:
+    """The 12 pronoun-subject prompts: "She|He <verb>" -> " her"/" his", "She|He said that" -> " she"/" he"."""
+    out = []
+    for gender, subject, right, wrong in (("female", "She", " her", " his"), ("male", "He", " his", " her")):
+        out += [PronounPrompt("possessive", gender, f"{subject} {verb}", right, wrong) for verb in POSSESSIVE_VERBS]
+    for gender, subject, right, wrong in (("female", "She", " she", " he"), ("male", "He", " he", " she")):
+        out.append(PronounPrompt("said_that", gender, f"{subject} said that", right, wrong))
+    return out
+
+
+def agreement_settings() -> dict[str, list[tuple[str, PronounPrompt]]]:
+    """Setting name -> (prefix, prompt) pairs: the goal's setting first, then the diagnostic ones."""
+    nouns, pronouns = pronoun_prompts(), pronoun_subject_prompts()
+    return {
+        MAIN_SETTING: [("", p) for p in nouns],
+        "noun, after a sentence": [(pre, p) for pre in PREFIXES for p in nouns],
+        "pronoun, document start": [("", p) for p in pronouns],
+        "pronoun, after a sentence": [(pre, p) for pre in PREFIXES for p in pronouns],
+    }
 
 
 @torch.no_grad()
@@ -104,8 +129,13 @@ def score_prompt(model: nn.Module, tok, eot: int, prompt: str, correct: str, wro
 
 
 def pronoun_table(model: nn.Module, tok, eot: int) -> pd.DataFrame:
-    rows = [{"task": p.task, "gender": p.gender, **score_prompt(model, tok, eot, p.prompt, p.correct, p.wrong)}
-            for p in pronoun_prompts()]
+    """Every agreement prompt of every setting, scored; `prompt` includes its prefix."""
+    rows = []
+    for setting, items in agreement_settings().items():
+        for prefix, p in items:
+            text = f"{prefix} {p.prompt}" if prefix else p.prompt
+            rows.append({"setting": setting, "task": p.task, "gender": p.gender,
+                         **score_prompt(model, tok, eot, text, p.correct, p.wrong)})
     return pd.DataFrame(rows)
 
 
@@ -157,13 +187,20 @@ def emoticon_probe(model: nn.Module, tok, tokens: np.ndarray, context: int, seed
 
 def summary_table(pronouns: pd.DataFrame, paper: list[dict], emoticons: dict) -> pd.DataFrame:
     """One row per reported quantity: probe, quantity, value, n, goal, paper."""
+    main = pronouns[pronouns["setting"] == MAIN_SETTING]
     rows = [
-        ("pronoun agreement", "accuracy", pronouns["right"].mean(), len(pronouns), f">= {GOALS['accuracy']}", None),
-        ("pronoun agreement", "mean P(correct)", pronouns["p_correct"].mean(), len(pronouns), None, None),
+        ("pronoun agreement", "accuracy", main["right"].mean(), len(main), f">= {GOALS['accuracy']}", None),
+        ("pronoun agreement", "mean P(correct)", main["p_correct"].mean(), len(main), None, None),
     ]
-    for task, part in pronouns.groupby("task", sort=False):
+    for task, part in main.groupby("task", sort=False):
         rows.append((f"pronoun agreement: {task}", "accuracy", part["right"].mean(), len(part), None, None))
         rows.append((f"pronoun agreement: {task}", "mean P(correct)", part["p_correct"].mean(), len(part), None, None))
+    for setting, part in pronouns[pronouns["setting"] != MAIN_SETTING].groupby("setting", sort=False):
+        for task, sub in [("", part)] + list(part.groupby("task", sort=False)):
+            probe = f"pronoun agreement (diagnostic), {setting}" + (f": {task}" if task else "")
+            rows.append((probe, "accuracy", sub["right"].mean(), len(sub), None, None))
+            if not task:
+                rows.append((probe, "mean P(correct)", sub["p_correct"].mean(), len(sub), None, None))
     for p in paper:
         goal = f">= {GOALS['p_her_princess']} and > P({p['wrong'].strip()})" if p["name"] == "princess" else None
         rows.append((f"'{p['prompt']}'", f"P({p['correct'].strip()})", p["p_correct"], 1, goal, p["paper"]))
@@ -191,6 +228,6 @@ def run_probes(model: nn.Module, tok, eot: int, val_tokens: np.ndarray, context:
         emoticons = emoticon_probe(model, tok, val_tokens, context, seed)
     finally:
         model.train(was_training)
-    prompts = pd.concat([pronouns, pd.DataFrame(paper).drop(columns=["paper"]).assign(task="paper", gender="")],
-                        ignore_index=True)
+    paper_rows = pd.DataFrame(paper).drop(columns=["paper"]).assign(setting="paper", task="paper", gender="")
+    prompts = pd.concat([pronouns, paper_rows], ignore_index=True)
     return summary_table(pronouns, paper, emoticons), prompts

@@ -38,7 +38,7 @@ from vpd.utils.runtime import autocast, log, seed_everything
 
 CURVE_COLUMNS = ("step", "tokens", "flops", "val_ce")
 # Config keys that may change between a checkpoint and its resumption without changing results.
-RESUME_FREE_KEYS = ("checkpoint_every",)
+RESUME_FREE_KEYS = ("checkpoint_every", "checkpoint_keep")
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -220,7 +220,7 @@ def train_target(
         tensors.update(rng_tensors)
         tensors["rng.data"] = data_gen.get_state()
         meta = {"signature": signature, "optimizer": opt_meta, "rng": rng_meta, "curve": curve}
-        ckpt.save(ckpt_dir, step, tensors, meta)
+        ckpt.save(ckpt_dir, step, tensors, meta, keep=tcfg.checkpoint_keep)
         dist.barrier()  # the other ranks wait until the checkpoint is complete
 
     def eval_point() -> float:
