@@ -20,11 +20,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from tokenizers import Tokenizer
-
+from vpd.stages.target import probe_tables
 from vpd.target.model import TargetLM, load_target
-from vpd.target.probes import run_probes
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.provenance import source_commit
 
@@ -42,14 +39,10 @@ def main() -> None:
     args = ap.parse_args()
     target, tokens = Path(args.target), Path(args.tokens)
     model, _ = load_target(target)
-    tok = Tokenizer.from_file(str(tokens / "tokenizer.json"))
-    meta = json.loads((tokens / "meta.json").read_text())
-    val = np.fromfile(tokens / "val.bin", dtype=np.uint16)
-    eot = int(meta["eot_id"])
 
     def score(m):
         """({"probe | quantity": value}, summary table) of every probe on model `m`."""
-        summary, _ = run_probes(m, tok, eot, val, m.cfg.context, args.seed)
+        summary, _ = probe_tables(m, tokens, args.seed)
         return {f"{r.probe} | {r.quantity}": float(r.value) for r in summary.itertuples()}, summary
 
     probes, summary = score(model)

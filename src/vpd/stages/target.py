@@ -63,13 +63,19 @@ def input_digests(tokens_dir: Path) -> dict[str, str]:
     return {f"{name}_sha256": sha256_file(tokens_dir / name) for name in ("tokenizer.json", "train.bin", "val.bin")}
 
 
+def probe_tables(model, tokens_dir: Path, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, per-prompt table) of the probe tasks on `model`, with the tokenizer stage's
+    tokenizer and its held-out shard (emoticons from val.bin)."""
+    tok = load_tokenizer(Path(tokens_dir) / "tokenizer.json")
+    meta = read_json(Path(tokens_dir) / "meta.json")
+    val = np.memmap(Path(tokens_dir) / "val.bin", dtype=np.uint16, mode="r")
+    return run_probes(model.float().cpu(), tok, int(meta["eot_id"]), val, model.cfg.context, seed)
+
+
 def write_probes(model, tokens_dir: Path, out_dir: Path, seed: int) -> pd.DataFrame:
-    """Run the probe tasks on the trained model (held-out emoticons from val.bin) and write
-    probes.csv (summary) and probes_prompts.csv (every prompt)."""
-    tok = load_tokenizer(tokens_dir / "tokenizer.json")
-    meta = read_json(tokens_dir / "meta.json")
-    val = np.memmap(tokens_dir / "val.bin", dtype=np.uint16, mode="r")
-    summary, prompts = run_probes(model.float().cpu(), tok, int(meta["eot_id"]), val, model.cfg.context, seed)
+    """Run the probe tasks on the trained model and write probes.csv (summary) and
+    probes_prompts.csv (every prompt)."""
+    summary, prompts = probe_tables(model, tokens_dir, seed)
     write_csv(out_dir / "probes.csv", summary)
     write_csv(out_dir / "probes_prompts.csv", prompts)
     for r in summary.itertuples():
