@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vpd.stages.target import probe_tables
 from vpd.target.model import TargetLM, load_target
+from vpd.target.train import checkpoint_weights
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.provenance import source_commit
 
@@ -53,7 +54,7 @@ def main() -> None:
         for path in ckpt.list_checkpoints(args.checkpoints):
             tensors, meta_ = ckpt.load(path)
             snapshot = TargetLM(model.cfg)
-            snapshot.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+            snapshot.load_state_dict(checkpoint_weights(tensors))
             entry["steps"][meta_["step"]] = score(snapshot.eval())[0]
             print(f"step {meta_['step']}: agreement {entry['steps'][meta_['step']]['pronoun agreement | accuracy']:.3f}")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

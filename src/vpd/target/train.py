@@ -68,6 +68,11 @@ def build_optimizer(model: nn.Module, tcfg: TargetTrainConfig) -> torch.optim.Ad
     return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tuple(tcfg.betas), foreach=True)
 
 
+def checkpoint_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's state dict inside a training checkpoint's flat tensors (the `model.` entries)."""
+    return {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+
+
 def lm_loss(model: nn.Module, batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Mean next-token cross-entropy (fp32) of windows batch [B, T+1]; matmuls in `dtype`."""
     batch = batch.to(device, non_blocking=True)
@@ -195,7 +200,7 @@ def train_target(
         state = None
     if state is not None:
         tensors, meta = state
-        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(checkpoint_weights(tensors))
         ckpt.optimizer_state_from_flat(opt, tensors, meta["optimizer"], "opt")
         ckpt.set_rng_state(tensors, meta["rng"])
         data_gen.set_state(tensors["rng.data"])
