@@ -29,6 +29,7 @@ import yaml
 from vpd.data.tokens import TokenShard
 from vpd.stages.target import probe_tables
 from vpd.target.model import TargetLM, load_target
+from vpd.target.probes import summary_values
 from vpd.target.train import checkpoint_weights, evaluate
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.provenance import source_commit
@@ -81,7 +82,7 @@ def main() -> None:
         averaged.load_state_dict(average_weights(states[-k:]))
         averaged.eval()
         summary, _ = probe_tables(averaged, tokens, args.seed)
-        probes = {f"{r.probe} | {r.quantity}": float(r.value) for r in summary.itertuples()}
+        probes = {k: float(v) for k, v in summary_values(summary).items()}
         row = {"k": k, "first_step": steps[-k], "last_step": steps[-1],
                "val_ce_curve_windows": evaluate(averaged, curve_windows, 32, cpu, torch.float32),
                "val_ce_more_windows": evaluate(averaged, more_windows, 32, cpu, torch.float32), "probes": probes}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vpd.stages.target import probe_tables
 from vpd.target.model import TargetLM, load_target
+from vpd.target.probes import summary_values
 from vpd.target.train import checkpoint_weights
 from vpd.utils import checkpoint as ckpt
 from vpd.utils.provenance import source_commit
@@ -44,10 +45,10 @@ def main() -> None:
     def score(m):
         """({"probe | quantity": value}, summary table) of every probe on model `m`."""
         summary, _ = probe_tables(m, tokens, args.seed)
-        return {f"{r.probe} | {r.quantity}": float(r.value) for r in summary.itertuples()}, summary
+        return {k: float(v) for k, v in summary_values(summary).items()}, summary
 
     probes, summary = score(model)
-    entry = {"target": str(target), "probes": probes, "n": {f"{r.probe} | {r.quantity}": int(r.n) for r in summary.itertuples()},
+    entry = {"target": str(target), "probes": probes, "n": {k: int(v) for k, v in summary_values(summary, "n").items()},
              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": source_commit(ROOT)}
     if args.checkpoints:
         entry["steps"] = {}

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from vpd.target.probes import summary_values
 from vpd.utils.provenance import source_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def record(overrides: list[str], steps: int, tokens: Path, target: Path, minutes
         "val_ce": float(curve["val_ce"].iloc[-1]),
         "val_ce_drop_last_10pct": float(curve["val_ce"].iloc[-len(curve) // 10 - 1] - curve["val_ce"].iloc[-1]),
         "minutes": minutes,
-        "probes": {f"{r.probe} | {r.quantity}": float(r.value) for r in probes.itertuples()},
+        "probes": {k: float(v) for k, v in summary_values(probes).items()},
         "held_out_faces": int(probes.loc[probes.probe.str.startswith("emoticon"), "n"].iloc[0]),
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": source_commit(ROOT),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -15,7 +16,7 @@ from vpd.config import TokenizerConfig
 from vpd.data.tokenizer import train_tokenizer
 from vpd.target.probes import (
     FEMALE_MALE, MAIN_SETTING, MOUTHS, POSSESSIVE_VERBS, PREFIXES, continuation_log_prob, emoticon_probe,
-    pronoun_prompts, pronoun_subject_prompts, run_probes,
+    pronoun_prompts, pronoun_subject_prompts, run_probes, summary_values,
 )
 
 EOT = "<|endoftext|>"
@@ -176,3 +177,10 @@ def test_diagnostic_settings_tell_nouns_from_pronouns(tok):
     assert main["value"] == 0.0 and main["n"] == 120  # the goal's row counts the document-start nouns only
     after = prompts[prompts.setting == "pronoun, after a sentence"]
     assert set(after["prompt"].str.split(" She| He").str[0]) == set(PREFIXES)
+
+
+def test_summary_values_key_each_row_by_probe_and_quantity():
+    summary = pd.DataFrame({"probe": ["pronoun agreement", "'The princess lost'"], "quantity": ["accuracy", "P(her)"],
+                            "value": [0.75, 0.0125], "n": [120, 1]})
+    assert summary_values(summary) == {"pronoun agreement | accuracy": 0.75, "'The princess lost' | P(her)": 0.0125}
+    assert summary_values(summary, "n") == {"pronoun agreement | accuracy": 120, "'The princess lost' | P(her)": 1}

@@ -216,6 +216,11 @@ def summary_table(pronouns: pd.DataFrame, paper: list[dict], emoticons: dict) ->
     return pd.DataFrame(rows, columns=["probe", "quantity", "value", "n", "goal", "paper"])
 
 
+def summary_values(summary: pd.DataFrame, column: str = "value") -> dict[str, float]:
+    """One column of a probe summary keyed "<probe> | <quantity>" (the benchmarks' JSON keys)."""
+    return {f"{r.probe} | {r.quantity}": getattr(r, column) for r in summary.itertuples()}
+
+
 def run_probes(model: nn.Module, tok, eot: int, val_tokens: np.ndarray, context: int, seed: int
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary table, per-prompt table) of every probe on `model` in eval mode."""
