@@ -11,6 +11,7 @@ from vpd.analysis.edit import (
 )
 from vpd.analysis.lora import RankOneLoRA, edit_loss, train_lora
 from vpd.data.emoticons import EmoticonVocab, find_eyes
+from vpd.utils.divergence import KLTarget
 from test_analysis_harvest import tiny_decomposition
 
 MATRIX = "h.0.mlp.down_proj"
@@ -123,9 +124,9 @@ def test_rank_one_lora_trains_and_lowers_its_loss():
     edited = with_weight_delta(target, MATRIX, delta)
     with torch.no_grad():
         base = target(windows)
-        _, ce_before, _ = edit_loss(base, base, fire, O_ID, 1.0)
-        _, ce_after, kl_after = edit_loss(edited(windows), base, fire, O_ID, 1.0)
-    assert ce_after < ce_before and kl_after >= 0
+        _, ce_before, kl_before = edit_loss(base, KLTarget(base), fire, O_ID, 1.0)
+        _, ce_after, kl_after = edit_loss(edited(windows), KLTarget(base), fire, O_ID, 1.0)
+    assert ce_after < ce_before and kl_after > 0 and kl_before == pytest.approx(0.0, abs=1e-6)
 
 
 def test_ranking_precision_recall_against_direct_ci():

@@ -28,6 +28,17 @@ def test_kl_hand_computed():
     assert KLTarget(target)(target).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kl_target_rows_and_log_probabilities():
+    target = torch.zeros(3, 2)  # p = [1/2, 1/2] at each of 3 positions
+    target[2, 0] = math.log(3.0)  # p = [3/4, 1/4] at the last
+    kl = KLTarget(target)
+    log_q = torch.log(torch.tensor([[0.25, 0.75]]))
+    # rows 0 and 2 against q = [1/4, 3/4]: 1/2 ln(4/3) and 3/4 ln 3 + 1/4 ln(1/3) = 1/2 ln 3
+    expected = [0.5 * math.log(4 / 3), 0.5 * math.log(3)]
+    assert kl[torch.tensor([0, 2])].per_token_log_q(log_q).tolist() == pytest.approx(expected, rel=1e-6)
+    assert kl[2].per_token(torch.tensor([0.0, math.log(3.0)])).item() == pytest.approx(expected[1], rel=1e-6)
+
+
 def test_kl_target_gradient_flows_through_q_only():
     p_logits = torch.tensor([[0.0, 1.0, 2.0]], requires_grad=True)
     q_logits = torch.zeros(1, 3, requires_grad=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vpd.utils.divergence import kl_per_token
+from vpd.utils.divergence import KLTarget
 
 
 class RankOneLoRA(nn.Module):
@@ -45,12 +45,13 @@ class RankOneLoRA(nn.Module):
             handle.remove()
 
 
-def edit_loss(logits: torch.Tensor, base_logits: torch.Tensor, fire: torch.Tensor, target_id: int, lam: float):
-    """(total, CE at firing positions, KL elsewhere) for logits [B, T, V] and fire [B, T] bool."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    ce = -logp[..., target_id][fire].mean() if fire.any() else logits.new_zeros(())
+def edit_loss(logits: torch.Tensor, base: KLTarget, fire: torch.Tensor, target_id: int, lam: float):
+    """(total, CE at firing positions, KL elsewhere) for logits [B, T, V], the unedited model's
+    distribution `base` over the same [B, T] positions and fire [B, T] bool."""
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    ce = -log_q[..., target_id][fire].mean() if fire.any() else logits.new_zeros(())
     rest = ~fire
-    kl = kl_per_token(base_logits, logits)[rest].mean() if rest.any() else logits.new_zeros(())
+    kl = base.per_token_log_q(log_q)[rest].mean() if rest.any() else logits.new_zeros(())
     return ce + lam * kl, ce, kl
 
 
@@ -95,8 +96,8 @@ def train_lora(
     requires = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     windows, fire = windows.to(device), fire.to(device)
-    with torch.no_grad():
-        base = torch.cat([model(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)])
+    with torch.no_grad():  # the unedited distribution, prepared once for every step's KL
+        base = KLTarget(torch.cat([model(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]))
     result = LoRAResult(lora)
     try:
         for _ in range(steps):

@@ -32,14 +32,12 @@ from vpd.plots import save_figure
 from vpd.plots.edit import plot_editing_heatmap, plot_editing_pareto
 from vpd.utils.io import write_csv, write_json, write_yaml
 from vpd.utils.provenance import upstream_digests
-from vpd.utils.runtime import log, seed_everything
+from vpd.utils.runtime import log, start_stage
 
 
 def run_edit(cfg, target_dir: Path, tokens_dir: Path, decomposition_dir: Path, out_dir: Path) -> pd.DataFrame:
     """The `edit` stage (see `vpd.analysis.edit`); returns the results table."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    out_dir = start_stage(cfg.seed, out_dir)  # also keeps freed [B, T, V] logits in the heap: half a LoRA step here
     ecfg: EditConfig = cfg.edit
     target, dec = load_decomposition(cfg, Path(target_dir), Path(decomposition_dir))
     tok = load_tokenizer(Path(tokens_dir) / "tokenizer.json")

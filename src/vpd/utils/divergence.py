@@ -20,9 +20,18 @@ class KLTarget:
         self.p = log_p.exp()  # [..., V]
         self.neg_entropy = (self.p * log_p).sum(-1)  # [...]
 
+    def __getitem__(self, index) -> "KLTarget":
+        """The same p at the leading-dimension positions `index` (e.g. a minibatch of windows)."""
+        rows = object.__new__(KLTarget)
+        rows.p, rows.neg_entropy = self.p[index], self.neg_entropy[index]
+        return rows
+
     def per_token(self, logits: torch.Tensor) -> torch.Tensor:
         """KL(p || q) per position for q given by `logits` [..., V] -> [...]."""
-        log_q = F.log_softmax(logits.float(), dim=-1)
+        return self.per_token_log_q(F.log_softmax(logits.float(), dim=-1))
+
+    def per_token_log_q(self, log_q: torch.Tensor) -> torch.Tensor:
+        """KL(p || q) per position for q given by its log-probabilities [..., V] -> [...]."""
         return self.neg_entropy - (self.p * log_q).sum(-1)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
