@@ -5,7 +5,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default config, found beside this Snakefile whatever --directory is; --configfile files are
+# merged over it (nested keys one by one), then --config overrides.
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 envvars:

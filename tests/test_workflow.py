@@ -171,3 +171,35 @@ def test_ci_dag_end_to_end(tmp_path):
     assert "checkpoint resolved_config" in log and "rule report" in log and "rule corpus" not in log
     assert "rule notebook" not in log and (out / "paper/README.md").stat().st_size > 0
     assert (out / "config.yaml").read_bytes() != before and "threads: 1" in (out / "config.yaml").read_text()
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """`over` merged into `base` nested key by nested key; any other value of `over` (a list too) replaces base's."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def _contains(resolved, expected) -> bool:
+    """Every key and value of `expected` is in `resolved` (which may hold more keys: the schema's defaults)."""
+    if isinstance(expected, dict):
+        return isinstance(resolved, dict) and all(k in resolved and _contains(resolved[k], v) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(resolved, list) and len(resolved) == len(expected) and all(map(_contains, resolved, expected))
+    return resolved == expected
+
+
+def test_config_files_merge_over_the_default_from_any_working_directory(tmp_path):
+    """--configfile config/ci.yaml from a folder outside the repository resolves as it does in the repository:
+    every key ci.yaml sets takes its value, every other key of config/config.yaml keeps the default's."""
+    res = _snakemake(tmp_path, "results/ci/config.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    resolved = yaml.safe_load((tmp_path / "results/ci/config.yaml").read_text())
+    default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    ci = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    assert _contains(resolved, _merged(default, ci))
+    # keys where the two files differ, so the check cannot pass by either file alone
+    assert resolved["decompose"]["fused_kernels"] is False and default["decompose"]["fused_kernels"] is True
+    assert "emoticon_val_fraction" not in ci["corpus"] and resolved["corpus"]["emoticon_val_fraction"] == 0.2
+    assert len(resolved["corpus"]["sources"]) == len(ci["corpus"]["sources"]) != len(default["corpus"]["sources"])

@@ -96,7 +96,8 @@ class DecompositionConfig(_Strict):
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     fused_kernels: StrictBool = Field(
         False, description="compile the elementwise work over the [B, T, ΣC] tensors into fused kernels (torch.compile; "
-        "about 20-40 s of compiling at the start, then faster steps; falls back to eager if compiling fails)"
+        "the first step of each process compiles, from tens of seconds to minutes, less when torch's on-disk cache "
+        "holds the same shapes; then faster steps; falls back to eager if compiling fails)"
     )
     world_size: int = Field(1, ge=1, description="processes (torchrun, one rank per process; batch_size is the global batch and must divide evenly); also scales the frequency term")
 
