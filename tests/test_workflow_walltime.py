@@ -40,3 +40,17 @@ def test_the_same_work_override_switches_off_the_newer_work():
     cfg = parse_config({**base, **override, "adversary_ablation": {**base["adversary_ablation"],
                                                                    **override["adversary_ablation"]}})
     assert cfg.seeds == [] and not cfg.adversary_ablation.enabled
+
+
+def test_the_eager_override_turns_compiling_off_as_the_ci_config_does():
+    import yaml
+
+    from vpd.config import parse_config
+
+    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    override = yaml.safe_load((ROOT / "benchmarks" / "ci_eager_decomposition.yaml").read_text())
+    ci = yaml.safe_load((ROOT / "config" / "ci.yaml").read_text())
+    assert default["decompose"]["fused_kernels"] is True
+    merged = parse_config({**default, "decompose": {**default["decompose"], **override["decompose"]}})
+    assert merged.decompose.fused_kernels is False and ci["decompose"]["fused_kernels"] is False
+    assert set(override) == {"decompose"} and set(override["decompose"]) == {"fused_kernels"}
