@@ -1,4 +1,5 @@
-"""Test helper: a valid project config dict built from config/ci.yaml with sections replaced."""
+"""Test helpers: a valid project config dict built from config/ci.yaml with sections replaced, and the
+config files' merge as Snakemake does it."""
 
 from pathlib import Path
 
@@ -13,6 +14,15 @@ def ci_project(**sections) -> dict:
     data.update(sections)
     return data
 
+
+
+def merged_config(base: dict, over: dict) -> dict:
+    """`over` merged into `base` nested key by nested key, as Snakemake merges --configfile files over the
+    Snakefile's default; any other value of `over` (a list too) replaces base's."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged_config(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 def write_tokenizer_files(d: Path, vocab_size: int) -> None:
     """A real byte-level BPE tokenizer.json of exactly `vocab_size` tokens and its meta.json in `d`

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from project import merged_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,14 +174,6 @@ def test_ci_dag_end_to_end(tmp_path):
     assert (out / "config.yaml").read_bytes() != before and "threads: 1" in (out / "config.yaml").read_text()
 
 
-def _merged(base: dict, over: dict) -> dict:
-    """`over` merged into `base` nested key by nested key; any other value of `over` (a list too) replaces base's."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
 def _contains(resolved, expected) -> bool:
     """Every key and value of `expected` is in `resolved` (which may hold more keys: the schema's defaults)."""
     if isinstance(expected, dict):
@@ -198,7 +191,7 @@ def test_config_files_merge_over_the_default_from_any_working_directory(tmp_path
     resolved = yaml.safe_load((tmp_path / "results/ci/config.yaml").read_text())
     default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     ci = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
-    assert _contains(resolved, _merged(default, ci))
+    assert _contains(resolved, merged_config(default, ci))
     # keys where the two files differ, so the check cannot pass by either file alone
     assert resolved["decompose"]["fused_kernels"] is False and default["decompose"]["fused_kernels"] is True
     assert "emoticon_val_fraction" not in ci["corpus"] and resolved["corpus"]["emoticon_val_fraction"] == 0.2

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from project import merged_config
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("workflow_walltime", ROOT / "benchmarks" / "workflow_walltime.py")
@@ -37,8 +38,7 @@ def test_the_same_work_override_switches_off_the_newer_work():
 
     base = yaml.safe_load((ROOT / "config" / "ci.yaml").read_text())
     override = yaml.safe_load((ROOT / "benchmarks" / "ci_same_work_as_6d0e0ac.yaml").read_text())
-    cfg = parse_config({**base, **override, "adversary_ablation": {**base["adversary_ablation"],
-                                                                   **override["adversary_ablation"]}})
+    cfg = parse_config(merged_config(base, override))
     assert cfg.seeds == [] and not cfg.adversary_ablation.enabled
 
 
@@ -51,6 +51,6 @@ def test_the_eager_override_turns_compiling_off_as_the_ci_config_does():
     override = yaml.safe_load((ROOT / "benchmarks" / "ci_eager_decomposition.yaml").read_text())
     ci = yaml.safe_load((ROOT / "config" / "ci.yaml").read_text())
     assert default["decompose"]["fused_kernels"] is True
-    merged = parse_config({**default, "decompose": {**default["decompose"], **override["decompose"]}})
+    merged = parse_config(merged_config(default, override))
     assert merged.decompose.fused_kernels is False and ci["decompose"]["fused_kernels"] is False
     assert set(override) == {"decompose"} and set(override["decompose"]) == {"fused_kernels"}
