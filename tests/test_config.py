@@ -81,6 +81,23 @@ def test_booleans_are_strict(key, value):
     assert getattr(getattr(parse_config(data), key[0]), key[1]) is True
 
 
+def test_the_default_compiles_its_long_decompositions_and_runs_the_short_sweeps_eagerly():
+    """config/config.yaml: the main decomposition and the seeds' (4,000 steps) compile; the
+    importance-coefficient, C-multiplier and adversary variants (500-600 steps) run eagerly."""
+    from vpd.config import load_config
+    from vpd.decomp.variants import variant_decompose_config
+    from vpd.sweeps import variant_jobs
+    from vpd.target.model import TargetLM
+
+    cfg = load_config(ROOT / "config" / "config.yaml").model_copy(update={"seeds": [0, 1]})
+    target = TargetLM(cfg.target.model)
+    assert cfg.decompose.compiles
+    compiles = {job.name: variant_decompose_config(cfg, job, target).compiles for job in variant_jobs(cfg)}
+    assert compiles == {"coeff_0.001": False, "split_0.5x": False, "split_1x": False, "split_2x": False,
+                        "split_4x": False, "seed_1": True, "split_1x_s1": False, "split_4x_s1": False,
+                        "adversary_on": False, "adversary_off": False}
+
+
 def test_heads_must_split_width():
     data = _load("ci.yaml")
     data["target"]["model"]["n_head"] = 3

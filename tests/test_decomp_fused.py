@@ -145,3 +145,33 @@ def test_a_kernel_that_cannot_compile_warns_and_runs_eagerly(monkeypatch, caplog
         assert not fused.enabled()  # every small kernel now runs eagerly
     finally:
         fused.set_enabled(False)
+
+
+def _small_config(**kw):
+    from vpd.decomp import DecompositionConfig
+
+    return DecompositionConfig.from_dict(dict(matrices=[{"pattern": "h.*.mlp.*", "C": 4}], batch_size=2, seq_len=8,
+                                              ci_fn=dict(d_model=16, n_blocks=1, n_heads=2, d_mlp=32), **kw))
+
+
+@pytest.mark.parametrize("on, steps, min_steps, compiles", [(True, 600, 1000, False), (True, 999, 1000, False),
+                                                            (True, 1000, 1000, True), (True, 4000, 1000, True),
+                                                            (True, 5, 0, True), (False, 4000, 0, False)])
+def test_only_runs_of_at_least_the_minimum_steps_compile(on, steps, min_steps, compiles):
+    assert _small_config(fused_kernels=on, steps=steps, fused_kernels_min_steps=min_steps).compiles is compiles
+
+
+@pytest.mark.parametrize("min_steps, expected", [(4, False), (3, True)])
+def test_the_trainer_compiles_by_the_run_length(min_steps, expected):
+    from vpd.config import TargetModelConfig
+    from vpd.decomp import Decomposition
+    from vpd.decomp.trainer import Trainer
+    from vpd.target.model import TargetLM
+
+    target = TargetLM(TargetModelConfig(n_layer=1, d_model=16, n_head=2, d_mlp=32, context=8, vocab_size=300))
+    cfg = _small_config(fused_kernels=True, steps=3, fused_kernels_min_steps=min_steps)
+    try:
+        Trainer(Decomposition(target, cfg, seed=0), lambda g: torch.randint(0, 300, (2, 8), generator=g), progress=False)
+        assert fused.enabled() is expected
+    finally:
+        fused.set_enabled(False)

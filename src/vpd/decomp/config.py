@@ -95,9 +95,14 @@ class DecompositionConfig(_Strict):
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable checkpoints")
     checkpoint_keep: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     fused_kernels: StrictBool = Field(
-        False, description="compile the elementwise work over the [B, T, ΣC] tensors into fused kernels (torch.compile; "
-        "the first step of each process compiles, from tens of seconds to minutes, less when torch's on-disk cache "
-        "holds the same shapes; then faster steps; falls back to eager if compiling fails)"
+        False, description="compile the elementwise work over the [B, T, ΣC] tensors and the masked forward into fused "
+        "kernels (torch.compile; the first step of each process compiles, from tens of seconds to minutes, less when "
+        "torch's on-disk cache holds the same shapes; then faster steps; falls back to eager if compiling fails)"
+    )
+    fused_kernels_min_steps: int = Field(
+        0, ge=0, description="with fused_kernels, compile only runs of at least this many steps and run shorter ones (e.g. "
+        "the sweeps' variants) eagerly: a compile costs minutes per new shape on a CPU and saves a fraction of a second "
+        "per step, so short runs do not repay it (benchmarks/RESULTS.md, variant_compile.py)"
     )
     world_size: int = Field(1, ge=1, description="processes (torchrun, one rank per process; batch_size is the global batch and must divide evenly); also scales the frequency term")
 
@@ -110,6 +115,11 @@ class DecompositionConfig(_Strict):
             if n is not None and n % self.world_size:
                 raise ValueError(f"decompose.{key} {n} does not split evenly over decompose.world_size {self.world_size}")
         return self
+
+    @property
+    def compiles(self) -> bool:
+        """Whether this run uses the compiled (fused) kernels."""
+        return self.fused_kernels and self.steps >= self.fused_kernels_min_steps
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecompositionConfig":

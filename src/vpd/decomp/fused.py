@@ -15,7 +15,8 @@ compute the same formulas (tests compare them); only float rounding of sums may 
 
 Scalars that change between steps (p, lr, bias corrections) are passed as 0-dim tensors so a
 compiled kernel is reused instead of recompiled per value. Fusion is a process-wide switch
-(`set_enabled`), turned on by the trainer from `decompose.fused_kernels`; a compile failure
+(`set_enabled`), turned on by the trainer from `decompose.fused_kernels` for runs of at least
+`decompose.fused_kernels_min_steps` steps; a compile failure
 (e.g. no C++ compiler) logs a warning and falls back to eager for the rest of the process.
 """
 

@@ -76,7 +76,10 @@ class Trainer:
         dist: Optional[Dist] = None,
     ):
         self.dec, self.cfg, self.seed = dec, dec.config, int(seed)
-        fused.set_enabled(self.cfg.fused_kernels)
+        fused.set_enabled(self.cfg.compiles)
+        if self.cfg.fused_kernels and not self.cfg.compiles:
+            log.info("fused kernels off for this run: %d steps, below decompose.fused_kernels_min_steps %d",
+                     self.cfg.steps, self.cfg.fused_kernels_min_steps)
         self.dist = dist or Dist()
         if self.cfg.world_size != self.dist.world_size:
             raise DistributedConfigError(

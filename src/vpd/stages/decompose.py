@@ -74,6 +74,7 @@ def run_decompose(cfg: ProjectConfig, target_dir: Path, tokens_dir: Path, out_di
         return  # rank 0 writes the outputs
     dec.save(out_dir)
     write_yaml(out_dir / "final_config.yaml", {**cfg.model_dump(mode="json"), "resolved_precision": str(dtype).replace("torch.", ""),
+                                               "compiled_kernels": dcfg.compiles,
                                                "provenance": dec.provenance,
                                                **({"variant": job.as_dict()} if job is not None else {})})
     df = pd.DataFrame(dec.history if dec.history else [])
