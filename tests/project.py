@@ -15,7 +15,6 @@ def ci_project(**sections) -> dict:
     return data
 
 
-
 def merged_config(base: dict, over: dict) -> dict:
     """`over` merged into `base` nested key by nested key, as Snakemake merges --configfile files over the
     Snakefile's default; any other value of `over` (a list too) replaces base's."""
@@ -23,6 +22,7 @@ def merged_config(base: dict, over: dict) -> dict:
     for key, value in over.items():
         out[key] = merged_config(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
+
 
 def write_tokenizer_files(d: Path, vocab_size: int) -> None:
     """A real byte-level BPE tokenizer.json of exactly `vocab_size` tokens and its meta.json in `d`
