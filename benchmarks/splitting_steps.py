@@ -35,6 +35,7 @@ from vpd.decomp import Decomposition
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
 from vpd.target.model import load_target
+from vpd.utils.io import write_text
 from vpd.utils.provenance import source_commit
 from vpd.utils.runtime import resolve_precision
 
@@ -98,13 +99,17 @@ def main() -> None:
     args = ap.parse_args()
 
     run = Path(args.run)
+    names = args.variants.split(",")
+    missing = [str(run / "variants" / n) for n in names if not (run / "variants" / n / "decomposition.json").exists()]
+    if missing:
+        ap.error(f"no decomposition in {', '.join(missing)}: run their decompose_variant jobs first (see above)")
     cfg = load_config(run / "config.yaml")
     device = torch.device("cpu")
     dtype = resolve_precision(cfg.precision, device)
     target, _ = load_target(run / "target", device, expect=cfg.target.model)
     windows = eval_windows(cfg, run / "tokenizer", target.cfg.context)
     rows = []
-    for name in args.variants.split(","):
+    for name in names:
         t0 = time.perf_counter()
         row = {"variant": name, **score_run(run / "variants" / name, target, windows, cfg, dtype, device)}
         rows.append(row)
@@ -120,8 +125,7 @@ def main() -> None:
         "commit": source_commit(), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
         "alive_4x_over_1x": ratio, "runs": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(entries, indent=1) + "\n")
+    write_text(args.json, json.dumps(entries, indent=1) + "\n")
 
 
 if __name__ == "__main__":
