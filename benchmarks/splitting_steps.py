@@ -22,12 +22,10 @@ benchmarks/results/splitting_steps.json, one entry per label.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from vpd.config import load_config
 from vpd.data.tokens import eval_windows
@@ -35,7 +33,7 @@ from vpd.decomp import Decomposition
 from vpd.evaluate.mask_strategies import iter_batches
 from vpd.evaluate.metrics import CIAccumulator
 from vpd.target.model import load_target
-from vpd.utils.io import write_text
+from vpd.utils.io import MetricsLog, read_json, read_yaml, write_json
 from vpd.utils.provenance import source_commit
 from vpd.utils.runtime import resolve_precision
 
@@ -56,15 +54,9 @@ def firing_summary(acc: CIAccumulator, rare_tokens: int, alive_eps: float) -> di
     }
 
 
-def alive_trajectory(metrics_lines: list[str]) -> list[tuple[int, int]]:
-    """(step, in-training alive count on the eval batch) for every record of metrics.jsonl that has one."""
-    out = []
-    for line in metrics_lines:
-        if line.strip():
-            rec = json.loads(line)
-            if ALIVE_KEY in rec:
-                out.append((int(rec["step"]), int(rec[ALIVE_KEY])))
-    return out
+def alive_trajectory(records: list[dict]) -> list[tuple[int, int]]:
+    """(step, in-training alive count on the eval batch) for every metrics.jsonl record that has one."""
+    return [(int(r["step"]), int(r[ALIVE_KEY])) for r in records if ALIVE_KEY in r]
 
 
 def alive_ratio(rows: list[dict], high: str, low: str) -> float | None:
@@ -81,12 +73,12 @@ def score_run(folder: Path, target, windows: torch.Tensor, cfg, dtype, device) -
     acc = CIAccumulator((0.0,))
     for x, _ in iter_batches(windows, cfg.evaluate.batch_size, device):
         acc.update(dec.ci(x))
-    final = yaml.safe_load((folder / "final_config.yaml").read_text())
+    final = read_yaml(folder / "final_config.yaml")
     return {
         **firing_summary(acc, cfg.evaluate.rare_fire_tokens, cfg.evaluate.alive_eps),
         "steps": final["decompose"]["steps"], "batch": [final["decompose"]["batch_size"], final["decompose"]["seq_len"]],
         "precision": final.get("resolved_precision"), "compiled_kernels": final.get("compiled_kernels"),
-        "alive_in_training": alive_trajectory((folder / "metrics.jsonl").read_text().splitlines()),
+        "alive_in_training": alive_trajectory(MetricsLog(folder / "metrics.jsonl").read()),
     }
 
 
@@ -120,12 +112,12 @@ def main() -> None:
     ratio = alive_ratio(rows, "split_4x", "split_1x")
     if ratio is not None:
         print(f"alive(4x) / alive(1x) = {ratio:.3f}")
-    entries = json.loads(args.json.read_text()) if args.json.exists() else {}
+    entries = read_json(args.json) if args.json.exists() else {}
     entries[args.label] = {
         "commit": source_commit(), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
         "alive_4x_over_1x": ratio, "runs": rows,
     }
-    write_text(args.json, json.dumps(entries, indent=1) + "\n")
+    write_json(args.json, entries)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """benchmarks/splitting_steps.py: the firing totals, the in-training alive trajectory and the ratio."""
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -34,9 +33,9 @@ def test_firing_summary_totals_dead_never_firing_and_rare_over_matrices():
 
 
 def test_alive_trajectory_keeps_only_the_eval_records():
-    lines = [json.dumps({"step": 10, "train/loss": 1.0}), json.dumps({"step": 250, "eval/alive_total": 4096}), "",
-             json.dumps({"step": 500, "eval/alive_total": 3990, "eval/l0_total": 80.0})]
-    assert splitting_steps.alive_trajectory(lines) == [(250, 4096), (500, 3990)]
+    records = [{"step": 10, "train/loss": 1.0}, {"step": 250, "eval/alive_total": 4096},
+               {"step": 500, "eval/alive_total": 3990, "eval/l0_total": 80.0}]
+    assert splitting_steps.alive_trajectory(records) == [(250, 4096), (500, 3990)]
 
 
 def test_alive_ratio_needs_both_runs():
