@@ -10,10 +10,10 @@ no cross-source dedup, no split), and counted by `vpd.data.pronoun_support`.
     python benchmarks/source_support.py --candidates benchmarks/candidate_sources.yaml \\
         --json benchmarks/results/source_support.json
 
-Per source: words; she / he / her / his; the ten female probe nouns' occurrences and the share of
-their next pronouns that is female (`F own share`), the same for the male nouns; the prompts'
-own shape after a female noun ("<noun> <word> her" / "... his"); and the next pronouns after
-"princess". The JSON keeps every source's whole support table.
+Per source: words; she / he / her / his; the ten female probe nouns' occurrences, how often their
+next pronoun is female / male and the female share (`F own share`), the share for the male
+nouns; the prompts' own shape after a female noun ("<noun> <word> her" / "... his"); and the next
+pronouns after "princess". The JSON keeps every source's whole support table.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def source_summary(name: str, enabled: bool, documents: list[str]) -> tuple[dict
         "words": sum(words.values()),
         **{p: words[p] for p in PRONOUNS},
         "F noun occurrences": int(female["occurrences"]),
+        "F noun next F": int(female["next_female"]),
+        "F noun next M": int(female["next_male"]),
         "F own share": float(female["own_share"]),
         "M noun occurrences": int(male["occurrences"]),
         "M own share": float(male["own_share"]),

@@ -24,7 +24,8 @@ def test_source_summary_counts_by_hand():
         "source": "hand", "enabled": True, "documents": 3,
         "words": 7 + 11 + 7,
         "she": 1, "he": 1, "her": 1, "his": 2,
-        "F noun occurrences": 3, "F own share": pytest.approx(1 / 3),  # queen F; princess M; woman M
+        "F noun occurrences": 3, "F noun next F": 1, "F noun next M": 2,  # queen F; princess M; woman M
+        "F own share": pytest.approx(1 / 3),
         "M noun occurrences": 1, "M own share": 1.0,
         "F noun <w> her": 1, "F noun <w> his": 1,  # "queen lost her", "princess saw his"
         "princess next F": 0, "princess next M": 1,
