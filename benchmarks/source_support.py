@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from vpd.config import CorpusSource, format_validation_error, load_config
-from vpd.data.corpus import normalize_whitespace
+from vpd.data.corpus import clean_documents
 from vpd.data.pronoun_support import support_table, words_of
 from vpd.data.sources import fetch_source
 from vpd.utils.errors import UserError
@@ -75,11 +75,6 @@ def source_summary(name: str, enabled: bool, documents: list[str]) -> tuple[dict
     return row, table
 
 
-def cleaned_documents(source: CorpusSource, cache_dir: str, min_chars: int) -> list[str]:
-    texts = (normalize_whitespace(t) for t in fetch_source(source, cache_dir).documents)
-    return [t for t in texts if len(t) >= min_chars]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "config" / "config.yaml"))
@@ -96,7 +91,7 @@ def main() -> None:
 
     rows, tables = [], {}
     for source, enabled in sources:
-        docs = cleaned_documents(source, cfg.corpus.cache_dir, cfg.corpus.min_doc_chars)
+        docs = clean_documents(fetch_source(source, cfg.corpus.cache_dir).documents, cfg.corpus.min_doc_chars)
         row, table = source_summary(source.name, enabled, docs)
         rows.append(row)
         tables[source.name] = table.to_dict(orient="records")

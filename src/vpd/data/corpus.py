@@ -70,6 +70,12 @@ def normalize_whitespace(text: str) -> str:
     return _NEWLINES.sub("\n", text).strip()
 
 
+def clean_documents(texts: Iterable[str], min_chars: int) -> list[str]:
+    """The texts with whitespace normalised, those shorter than `min_chars` dropped, in order."""
+    cleaned = (normalize_whitespace(t) for t in texts)
+    return [t for t in cleaned if len(t) >= min_chars]
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -197,8 +203,7 @@ def prepare_corpus(
     per_source: list[tuple[FetchedSource, dict, list[Document]]] = []
     for f in fetched:
         name = f.source.name
-        cleaned = [normalize_whitespace(t) for t in f.documents]
-        long_enough = [t for t in cleaned if len(t) >= cfg.min_doc_chars]
+        long_enough = clean_documents(f.documents, cfg.min_doc_chars)
         unique = []
         for t in long_enough:  # exact duplicates, across all sources; the first occurrence wins
             h = text_hash(t)

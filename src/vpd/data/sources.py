@@ -325,7 +325,10 @@ def verse_chapters(verses: dict[str, str]) -> list[str]:
 
 
 def _verses_documents(label: str, text: str) -> list[str]:
-    obj = json.loads(text)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{label}: not JSON ({exc})") from None
     if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
         raise SourceError(f"{label}: expected a JSON object of verse texts")
     return verse_chapters(obj)
